@@ -1,0 +1,53 @@
+# The course's workflows. The two that matter most:
+#   make book   - install (first time), execute every chapter, build the HTML book
+#   make test   - install (first time), run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Extra pip flags for torch, e.g. a CPU wheel index on a laptop:
+#   make book TORCH_PIP_FLAGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_FLAGS ?=
+
+.PHONY: install book test test-fast release lint bench clean help
+
+help:
+	@echo "make book     build the HTML book into _build/html (installs first if needed)"
+	@echo "make test     run the test suite (installs first if needed)"
+	@echo "make release  regenerate exercises/ from solutions/"
+	@echo "make lint     ruff over the library, autograder and tests"
+	@echo "make bench    measure build and grading times into benchmarks/results/"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet $(TORCH_PIP_FLAGS) "torch==2.13.0"
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[all]"
+	$(PY) -m llmcourse.doctor
+	@touch $(STAMP)
+
+book: $(STAMP)
+	LLMCOURSE_BOOK_BUILD=1 $(VENV)/bin/jupyter-book build . --keep-going
+	@$(PY) -c "import sys; sys.exit(0)" && echo && echo "Book built. Open: file://$(CURDIR)/_build/html/index.html"
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+release: $(STAMP)
+	$(PY) -m autograder release
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src autograder tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_book.py
+	$(PY) benchmarks/bench_grading.py
+
+clean:
+	rm -rf _build

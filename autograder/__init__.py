@@ -1,0 +1,1 @@
+"""The course autograder: checks, guards and the nbgrader-based CLI."""

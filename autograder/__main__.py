@@ -1,0 +1,62 @@
+"""The autograder's command line.
+
+    python -m autograder release [ASSIGNMENT]            regenerate exercises/ from solutions/
+    python -m autograder grade ASSIGNMENT FOLDER --out OUT   grade every submission in FOLDER
+    python -m autograder check NOTEBOOK                  run a notebook's checks, print a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_rel = sub.add_parser("release", help="regenerate exercises/ from solutions/")
+    p_rel.add_argument("assignment", nargs="?", help="one assignment (default: all)")
+    p_grade = sub.add_parser("grade", help="autograde a folder of submissions")
+    p_grade.add_argument("assignment")
+    p_grade.add_argument("folder", type=Path, help="one sub-folder per student (or nbgrader's submitted/)")
+    p_grade.add_argument("--out", type=Path, required=True, help="where grades.csv and feedback/ go")
+    p_grade.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_check = sub.add_parser("check", help="run the checks of your own notebook")
+    p_check.add_argument("notebook", type=Path)
+    p_check.add_argument("--timeout", type=int, default=120, help="seconds per cell")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "release":
+            from autograder.course import release
+
+            for folder in release([args.assignment] if args.assignment else None):
+                print(f"released {folder}")
+            return 0
+        if args.command == "grade":
+            from autograder.grading import grade_folder
+
+            rows = grade_folder(args.assignment, args.folder, args.out, show_progress=not args.quiet)
+            students = sorted({r.student for r in rows})
+            for s in students:
+                got = sum(r.score for r in rows if r.student == s)
+                total = sum(r.max_score for r in rows if r.student == s)
+                print(f"{s}: {got:g} / {total:g}")
+            print(f"graded {len(students)} submission(s); wrote {args.out / 'grades.csv'} and "
+                  f"{args.out / 'feedback'}/")
+            return 0
+        if args.command == "check":
+            from autograder.selfcheck import format_table, run_checks
+
+            reports = run_checks(args.notebook, timeout=args.timeout)
+            print(format_table(reports))
+            return 0 if reports and all(r.passed for r in reports) else 1
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 2  # unreachable: argparse enforces a command
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Hidden checks for the chapter 1 exercise: the perceptron learning rule.
+
+Reference: ``sklearn.linear_model.Perceptron`` with the settings that make it
+the textbook rule (weights start at zero, samples in the given order, a
+constant step ``eta0 = lr``, no penalty, no early stopping):
+
+    Perceptron(penalty=None, alpha=0.0, eta0=lr, fit_intercept=True,
+               shuffle=False, tol=None, max_iter=epochs)
+
+scikit-learn's SGD loop updates exactly when ``t * (x . w + b) <= 0`` (its
+"perceptron" loss has a zero threshold), by ``w += lr * t * x`` and
+``b += lr * t``, so its ``coef_`` and ``intercept_`` equal the rule's weights
+bit for bit. The per-epoch mistake counts come from replaying scikit-learn one
+sample at a time with ``partial_fit`` and counting the samples that changed
+the weights.
+
+Every reference is computed live, the student's function is called through
+:func:`autograder.guard.call_guarded` (no scikit-learn, no
+``llmcourse.perceptron`` inside it), and the student's code never judges
+equality.
+
+Taught in: book/01-history
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import Perceptron
+
+from autograder.compare import CheckFailed, assert_close, assert_equal, assert_scalar, fail, to_array
+from autograder.guard import call_guarded
+from llmcourse.tasks import make_linearly_separable, make_logic_gate
+
+FORBIDDEN = ("sklearn", "llmcourse.perceptron")
+GATES = ("AND", "OR", "NAND", "NOR", "XOR", "XNOR")
+
+
+# ----------------------------------------------------------------- helpers
+
+def _where(inputs: dict) -> str:
+    return " for " + ", ".join(f"{k}={v}" for k, v in inputs.items()) if inputs else ""
+
+
+def _run(fn, *args, task: str, inputs: dict, **kwargs):
+    """Call the student's ``fn`` under the guard; any exception it raises becomes feedback."""
+    if not callable(fn):
+        fail(f"{task}: expected a function, got {type(fn).__name__}")
+    try:
+        return call_guarded(fn, *args, task=task, modules=FORBIDDEN, **kwargs)
+    except CheckFailed:
+        raise
+    except NotImplementedError:
+        fail(f"{task}: your function raised NotImplementedError{_where(inputs)} - replace "
+             f"`raise NotImplementedError()` with your code")
+    except Exception as exc:  # noqa: BLE001 - every failure of student code becomes a message
+        fail(f"{task}: your function raised {type(exc).__name__}: {exc}{_where(inputs)}")
+
+
+def _unpack(result, names: tuple[str, ...], *, task: str, inputs: dict):
+    if isinstance(result, (tuple, list)) and len(result) == len(names):
+        return result
+    if result is None:
+        got = "None (is a `return` missing?)"
+    elif isinstance(result, (tuple, list)):
+        got = f"a {type(result).__name__} of length {len(result)}"
+    else:
+        got = f"a {type(result).__name__}"
+    fail(f"{task}{_where(inputs)}: expected a tuple ({', '.join(names)}), got {got}")
+
+
+def _sk_perceptron(lr: float, epochs: int, **extra):
+    return Perceptron(penalty=None, alpha=0.0, eta0=lr, fit_intercept=True, shuffle=False,
+                      tol=None, max_iter=epochs, **extra)
+
+
+def _labels01(value, *, what: str, inputs: dict) -> np.ndarray:
+    arr = to_array(value, what=what, inputs=inputs)
+    bad = ~np.isin(arr, (0, 1))
+    if bad.any():
+        seen = np.unique(arr)[:6].tolist()
+        fail(f"{what}{_where(inputs)}: labels must be 0 or 1, got values {seen} "
+             f"(the rule predicts 1 when x.w + b > 0 and 0 otherwise)")
+    return arr
+
+
+# ----------------------------------------------------------------- references
+
+def reference_predict(X: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+    """scikit-learn's Perceptron.predict with the weights set by hand: (N,) in {0, 1}."""
+    clf = Perceptron()
+    clf.coef_ = np.asarray(w, dtype=float).reshape(1, -1)
+    clf.intercept_ = np.array([float(b)])
+    clf.classes_ = np.array([0, 1])
+    return clf.predict(X)
+
+
+def reference_fit(X, y, lr: float, epochs: int):
+    """(w (d,), b) of scikit-learn's Perceptron trained with the textbook settings."""
+    clf = _sk_perceptron(lr, epochs).fit(X, y)
+    return clf.coef_[0].copy(), float(clf.intercept_[0])
+
+
+def reference_mistakes(X, y, lr: float, epochs: int) -> np.ndarray:
+    """Per-epoch update counts: scikit-learn replayed sample by sample with ``partial_fit``."""
+    clf = _sk_perceptron(lr, 1)
+    classes = np.array([0, 1])
+    w, b = np.zeros(X.shape[1]), 0.0
+    counts = []
+    for _ in range(epochs):
+        n_updates = 0
+        for i in range(len(X)):
+            clf.partial_fit(X[i:i + 1], y[i:i + 1], classes=classes)
+            w_new, b_new = clf.coef_[0].copy(), float(clf.intercept_[0])
+            if b_new != b or not np.array_equal(w_new, w):
+                n_updates += 1
+            w, b = w_new, b_new
+        counts.append(n_updates)
+    return np.array(counts, dtype=np.int64)
+
+
+def reference_first_clean_epoch(X, y, max_epochs: int) -> int | None:
+    """The first epoch (1-based) with zero mistakes within ``max_epochs``, or None.
+
+    An epoch makes no mistake exactly when the weights it starts from put every
+    sample strictly on its own side, t * (x . w + b) > 0. Epoch 1 starts from
+    zero weights (always a mistake); epoch e > 1 starts from scikit-learn's
+    weights after e - 1 epochs (one warm-started epoch per ``fit``).
+    """
+    t = np.where(np.asarray(y) == 1, 1.0, -1.0)
+    clf = _sk_perceptron(1.0, 1, warm_start=True)
+    for epoch in range(1, max_epochs + 1):
+        if epoch == 1:
+            margins = np.zeros(len(X))
+        else:
+            clf.fit(X, y)
+            margins = t * clf.decision_function(X)
+        if np.all(margins > 0):
+            return epoch
+    return None
+
+
+# ----------------------------------------------------------------- data
+
+def _predict_cases():
+    cases = []
+    for seed in (0, 1, 2):
+        rng = np.random.default_rng(seed)
+        for n, d in ((1, 1), (5, 2), (40, 3), (100, 10)):
+            X = rng.normal(size=(n, d))
+            cases.append(({"N": n, "d": d, "seed": seed}, X, rng.normal(size=d), float(rng.normal())))
+        # small integers: many scores are exactly zero, which must give label 0
+        X = rng.integers(-2, 3, size=(30, 3)).astype(float)
+        cases.append(({"N": 30, "d": 3, "seed": seed, "data": "integers (scores exactly 0)"},
+                      X, rng.integers(-1, 2, size=3).astype(float), float(rng.integers(-1, 2))))
+    cases.append(({"N": 4, "d": 2, "data": "w = 0, b = 0"}, np.ones((4, 2)), np.zeros(2), 0.0))
+    return cases
+
+
+def _fit_cases():
+    cases = []
+    for gate, lr, epochs in (("AND", 1.0, 10), ("OR", 0.5, 6), ("NAND", 1.0, 1)):
+        X, y = make_logic_gate(gate)
+        cases.append(({"gate": gate, "lr": lr, "epochs": epochs}, X, y, lr, epochs))
+    for seed, (n, d, lr, epochs) in enumerate(((12, 2, 1.0, 5), (20, 3, 0.1, 4), (15, 4, 0.37, 3))):
+        X, y, _ = make_linearly_separable(n, d, margin=0.05, seed=seed)
+        cases.append(({"data": "separable", "N": n, "d": d, "seed": seed, "lr": lr, "epochs": epochs},
+                      X, y, lr, epochs))
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(16, 3)), rng.integers(0, 2, size=16)
+    cases.append(({"data": "random labels", "N": 16, "d": 3, "seed": 3, "lr": 1.0, "epochs": 5},
+                  X, y, 1.0, 5))
+    return cases
+
+
+def _converges_cases():
+    cases = []
+    for gate in GATES:
+        X, y = make_logic_gate(gate)
+        cases.append(({"gate": gate, "epochs": 100}, X, y, 100))
+    datasets = [({"gate": "AND"}, *make_logic_gate("AND"))]
+    for seed, (n, d) in enumerate(((20, 2), (30, 3), (25, 4))):
+        X, y, _ = make_linearly_separable(n, d, margin=0.1, seed=seed)
+        datasets.append(({"data": "separable", "N": n, "d": d, "seed": seed}, X, y))
+    for name, X, y in datasets:
+        first = reference_first_clean_epoch(X, y, 200)
+        if first is not None and first > 1:
+            # one epoch short: the final weights already separate the data, but no epoch was clean
+            cases.append(({**name, "epochs": first - 1}, X, y, first - 1))
+            cases.append(({**name, "epochs": first}, X, y, first))
+        elif first is None:
+            cases.append(({**name, "epochs": 100}, X, y, 100))
+    for seed in (0, 1, 2):
+        rng = np.random.default_rng(10 + seed)
+        X = rng.normal(size=(30, 2))
+        y = (X[:, 0] + 0.8 * rng.normal(size=30) > 0).astype(np.int64)  # noisy labels: classes overlap
+        cases.append(({"data": "overlapping", "N": 30, "d": 2, "seed": 10 + seed, "epochs": 50}, X, y, 50))
+    return cases
+
+
+# ----------------------------------------------------------------- checks
+
+def check_predict(student_fn) -> None:
+    """perceptron_predict(X, w, b) -> (N,) labels in {0, 1}, 1 exactly when X @ w + b > 0."""
+    task = "perceptron_predict"
+    for inputs, X, w, b in _predict_cases():
+        want = reference_predict(X, w, b)
+        got = _run(student_fn, X.copy(), w.copy(), b, task=task, inputs=inputs)
+        got = _labels01(got, what="perceptron_predict labels", inputs=inputs)
+        assert_equal(got, want, what="perceptron_predict labels (1 iff x.w + b > 0)", inputs=inputs)
+
+
+def check_fit(student_fn) -> None:
+    """perceptron_fit(X, y, lr=, epochs=) -> (w, b, mistakes) equal to scikit-learn's Perceptron."""
+    task = "perceptron_fit"
+    for inputs, X, y, lr, epochs in _fit_cases():
+        w_want, b_want = reference_fit(X, y, lr, epochs)
+        m_want = reference_mistakes(X, y, lr, epochs)
+        result = _run(student_fn, X.copy(), y.copy(), lr=lr, epochs=epochs, task=task, inputs=inputs)
+        w, b, mistakes = _unpack(result, ("w", "b", "mistakes"), task=task, inputs=inputs)
+        assert_close(w, w_want, what="w (weights)", inputs=inputs, rtol=1e-9, atol=1e-9)
+        b = assert_scalar(b, what="b (bias)", inputs=inputs)
+        assert_close(b, b_want, what="b (bias)", inputs=inputs, rtol=1e-9, atol=1e-9)
+        assert_equal(to_array(mistakes, what="mistakes (updates per epoch)", inputs=inputs), m_want,
+                     what="mistakes (updates per epoch)", inputs=inputs)
+
+
+def check_converges(student_fn) -> None:
+    """perceptron_converges(X, y, epochs=) -> True iff some epoch within `epochs` makes no mistake."""
+    task = "perceptron_converges"
+    for inputs, X, y, epochs in _converges_cases():
+        first = reference_first_clean_epoch(X, y, epochs)
+        want = first is not None
+        got = _run(student_fn, X.copy(), y.copy(), epochs=epochs, task=task, inputs=inputs)
+        if not isinstance(got, (bool, np.bool_)):
+            fail(f"{task}{_where(inputs)}: expected True or False, got {type(got).__name__} {got!r}")
+        if bool(got) != want:
+            why = (f"epoch {first} is the first with zero mistakes" if want else
+                   f"no epoch among the first {epochs} is free of mistakes")
+            fail(f"{task}{_where(inputs)}: returned {bool(got)}, expected {want} ({why}; the answer is "
+                 f"whether some epoch makes zero updates, not whether the final weights classify well)")
+
+
+__all__ = ["check_predict", "check_fit", "check_converges",
+           "reference_predict", "reference_fit", "reference_mistakes", "reference_first_clean_epoch"]

@@ -1,0 +1,106 @@
+"""Comparisons that explain themselves.
+
+Every hidden check compares what the student's code returned with what a
+reference library returned, through these helpers, so every failure reads
+like "w differs for n=20, d=3, seed=1: max |got-want| 3.1e-02 at [2] (tol 1e-06)"
+and never like "assertion failed".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class CheckFailed(AssertionError):
+    """A check found a difference; the message says what differs and for which input."""
+
+
+def fail(message: str) -> None:
+    """Raise :class:`CheckFailed` with ``message``."""
+    raise CheckFailed(message)
+
+
+def _describe(inputs: str | Mapping | None) -> str:
+    if not inputs:
+        return ""
+    if isinstance(inputs, Mapping):
+        return " for " + ", ".join(f"{k}={v}" for k, v in inputs.items())
+    return f" for {inputs}"
+
+
+def to_array(value, *, what: str, inputs: str | Mapping | None = None) -> np.ndarray:
+    """Turn a returned value (NumPy array, torch tensor, list, number) into a NumPy array.
+
+    Raises :class:`CheckFailed` naming ``what`` when the value is ``None`` or not numeric.
+    """
+    where = _describe(inputs)
+    if value is None:
+        fail(f"{what}{where}: your function returned None (is a `return` missing?)")
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes feedback
+        fail(f"{what}{where}: could not read the returned {type(value).__name__} as numbers ({exc})")
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        fail(f"{what}{where}: expected numbers, got {type(value).__name__} with dtype {arr.dtype}")
+    return arr
+
+
+def assert_close(got, want, *, what: str, inputs: str | Mapping | None = None,
+                 rtol: float = 1e-5, atol: float = 1e-8) -> None:
+    """Check that ``got`` matches ``want`` elementwise within ``atol + rtol * |want|``.
+
+    Shapes must match exactly (no broadcasting); NaN or infinity where the
+    reference is finite is reported as such.
+    """
+    where = _describe(inputs)
+    want_arr = np.asarray(want.detach().cpu().numpy() if hasattr(want, "detach") else want, dtype=float)
+    got_arr = to_array(got, what=what, inputs=inputs).astype(float)
+    if got_arr.shape != want_arr.shape:
+        fail(f"{what}{where}: shape {tuple(got_arr.shape)} but expected {tuple(want_arr.shape)}")
+    bad_nonfinite = ~np.isfinite(got_arr) & np.isfinite(want_arr)
+    if bad_nonfinite.any():
+        idx = tuple(int(i) for i in np.argwhere(bad_nonfinite)[0])
+        fail(f"{what}{where}: got {got_arr[idx]} at index {list(idx)} where the reference is "
+             f"{want_arr[idx]:.6g} (numerical overflow or division by zero?)")
+    if got_arr.size == 0:
+        return
+    diff = np.abs(got_arr - want_arr)
+    diff = np.where(np.isfinite(want_arr), diff, np.where(got_arr == want_arr, 0.0, np.inf))
+    tol = atol + rtol * np.abs(np.where(np.isfinite(want_arr), want_arr, 0.0))
+    if (diff > tol).any():
+        idx = np.unravel_index(int(np.argmax(diff - tol)), diff.shape)
+        pos = f" at {list(int(i) for i in idx)}" if got_arr.ndim else ""
+        fail(f"{what}{where}: max |got-want| {float(diff[idx]):.3g}{pos} "
+             f"(got {got_arr[idx]:.6g}, expected {want_arr[idx]:.6g}; tol atol={atol:g}, rtol={rtol:g})")
+
+
+def assert_equal(got, want, *, what: str, inputs: str | Mapping | None = None) -> None:
+    """Check exact equality of integer/boolean arrays (labels, counts, indices)."""
+    where = _describe(inputs)
+    want_arr = np.asarray(want)
+    got_arr = to_array(got, what=what, inputs=inputs)
+    if got_arr.shape != want_arr.shape:
+        fail(f"{what}{where}: shape {tuple(got_arr.shape)} but expected {tuple(want_arr.shape)}")
+    mismatch = got_arr != want_arr
+    if np.any(mismatch):
+        n_bad = int(np.sum(mismatch))
+        idx = tuple(int(i) for i in np.argwhere(mismatch)[0]) if got_arr.ndim else ()
+        first = f"first at {list(idx)}: got {got_arr[idx]!r}, expected {want_arr[idx]!r}" if idx else \
+            f"got {got_arr!r}, expected {want_arr!r}"
+        fail(f"{what}{where}: {n_bad} of {max(got_arr.size, 1)} values differ ({first})")
+
+
+def assert_scalar(got, *, what: str, inputs: str | Mapping | None = None) -> float:
+    """Check that ``got`` is a single finite number and return it as a float."""
+    where = _describe(inputs)
+    arr = to_array(got, what=what, inputs=inputs)
+    if arr.size != 1:
+        fail(f"{what}{where}: expected a single number, got an array of shape {tuple(arr.shape)}")
+    value = float(arr.reshape(()))
+    if not np.isfinite(value):
+        fail(f"{what}{where}: got {value}, expected a finite number")
+    return value

@@ -1,0 +1,216 @@
+"""The guard: a task that must re-implement something may not call it.
+
+Two looks, combined:
+
+* **static** - read the source of the student's function (and of the helper
+  functions it calls from the notebook) and flag any name that resolves to a
+  forbidden module (``sklearn``) or callable (``torch.nn.functional.conv2d``),
+  and any ``import`` of a forbidden module;
+* **run time** - while the student's function runs, a profiler hook watches
+  every call; a call into a file of a forbidden package, or to a forbidden
+  built-in, stops it with :class:`ForbiddenCall`.
+
+The static look catches code paths the test inputs never reach; the run-time
+look catches calls the source hides (``getattr``, ``__import__``, aliases).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import os
+import sys
+import textwrap
+import types
+from collections.abc import Callable, Iterable
+
+from autograder.compare import CheckFailed
+
+
+class ForbiddenCall(CheckFailed):
+    """The student's code used a library function the task asks them to write themselves."""
+
+
+def _module_roots(modules: Iterable[str]) -> list[tuple[str, str]]:
+    """(module name, file or directory) for each forbidden module that is installed."""
+    roots = []
+    for name in modules:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or spec.origin is None:
+            continue
+        if spec.submodule_search_locations:
+            roots.append((name, os.path.dirname(os.path.abspath(spec.origin)) + os.sep))
+        else:
+            roots.append((name, os.path.abspath(spec.origin)))
+    return roots
+
+
+def _in_modules(modname: str | None, modules: Iterable[str]) -> str | None:
+    if not modname:
+        return None
+    for m in modules:
+        if modname == m or modname.startswith(m + "."):
+            return m
+    return None
+
+
+def _same_namespace(obj, target) -> bool:
+    """A plain function defined next to ``target`` (in the same notebook or module)."""
+    return isinstance(obj, types.FunctionType) and obj.__globals__ is target.__globals__
+
+
+def static_violations(fn: Callable, *, modules: Iterable[str] = (), callables: Iterable[Callable] = (),
+                      _seen: set | None = None) -> list[str]:
+    """Names in ``fn``'s source (and its notebook helpers) that reach forbidden code.
+
+    Returns human-readable findings such as ``"sklearn (imports sklearn.linear_model)"``;
+    an empty list means nothing forbidden was found.
+    """
+    modules = tuple(modules)
+    forbidden_ids = {id(c) for c in callables}
+    seen = _seen if _seen is not None else set()
+    target = inspect.unwrap(fn) if callable(fn) else fn
+    if isinstance(target, type):  # a class: look at its methods
+        found = []
+        for member in vars(target).values():
+            if isinstance(member, (staticmethod, classmethod)):
+                member = member.__func__
+            if isinstance(member, types.FunctionType):
+                found += static_violations(member, modules=modules, callables=callables, _seen=seen)
+        return found
+    if not isinstance(target, types.FunctionType) or id(target) in seen:
+        return []
+    seen.add(id(target))
+    try:
+        source = textwrap.dedent(inspect.getsource(target))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return []
+    scope = dict(vars(__import__("builtins")))
+    scope.update(target.__globals__)
+    if target.__closure__:
+        scope.update({name: cell.cell_contents for name, cell in
+                      zip(target.__code__.co_freevars, target.__closure__) if _cell_ok(cell)})
+    found: list[str] = []
+    fname = target.__name__
+
+    def flag(msg: str) -> None:
+        if msg not in found:
+            found.append(msg)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                hit = _in_modules(alias.name, modules)
+                if hit:
+                    flag(f"{fname} imports {alias.name}")
+        elif isinstance(node, ast.ImportFrom):
+            hit = _in_modules(node.module, modules)
+            if hit:
+                flag(f"{fname} imports from {node.module}")
+        elif isinstance(node, (ast.Name, ast.Attribute)):
+            obj = _resolve(node, scope)
+            if obj is _MISSING:
+                continue
+            if id(obj) in forbidden_ids:
+                flag(f"{fname} uses {_dotted(node)}")
+                continue
+            if isinstance(obj, types.ModuleType):
+                hit = _in_modules(obj.__name__, modules)
+            else:
+                hit = _in_modules(getattr(obj, "__module__", None), modules)
+            if hit:
+                flag(f"{fname} uses {_dotted(node)} (from {hit})")
+            elif isinstance(node, ast.Name) and _same_namespace(obj, target):
+                found += [f for f in static_violations(obj, modules=modules, callables=callables, _seen=seen)
+                          if f not in found]
+    return found
+
+
+def _cell_ok(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - raises ValueError for an empty cell
+        return True
+    except ValueError:
+        return False
+
+
+_MISSING = object()
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def _resolve(node: ast.AST, scope: dict):
+    """Evaluate a dotted name against ``scope`` without running any user code."""
+    if isinstance(node, ast.Name):
+        return scope.get(node.id, _MISSING)
+    if isinstance(node, ast.Attribute):
+        base = _resolve(node.value, scope)
+        if base is _MISSING or not isinstance(base, (types.ModuleType, type)):
+            return _MISSING
+        try:
+            return inspect.getattr_static(base, node.attr)
+        except AttributeError:
+            return _MISSING
+    return _MISSING
+
+
+def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
+                 callables: Iterable[Callable] = (), **kwargs):
+    """Call ``fn(*args, **kwargs)`` after the static look, with the run-time watch on.
+
+    Raises :class:`ForbiddenCall` naming ``task`` and the forbidden thing that was used;
+    any other exception from the student's code propagates unchanged.
+    """
+    modules = tuple(modules)
+    callables = tuple(callables)
+    findings = static_violations(fn, modules=modules, callables=callables)
+    if findings:
+        raise ForbiddenCall(f"{task}: {'; '.join(findings)} - this task asks you to write it yourself "
+                            f"without {', '.join(modules + tuple(_name(c) for c in callables))}")
+    roots = _module_roots(modules)
+    forbidden_ids = {id(c) for c in callables}
+    hit: list[str] = []
+
+    def watch(frame, event, arg):
+        if hit:
+            return
+        if event == "call":
+            filename = frame.f_code.co_filename
+            for name, root in roots:
+                if filename == root or (root.endswith(os.sep) and filename.startswith(root)):
+                    hit.append(f"{name} ({frame.f_code.co_name} in {os.path.basename(filename)})")
+                    raise ForbiddenCall(f"{task}: your code called {hit[0]} while it ran - this task "
+                                        f"asks you to write it yourself")
+        elif event == "c_call" and id(arg) in forbidden_ids:
+            hit.append(_name(arg))
+            raise ForbiddenCall(f"{task}: your code called {hit[0]} while it ran - this task asks "
+                                f"you to write it yourself")
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        result = fn(*args, **kwargs)
+    finally:
+        sys.setprofile(previous)
+    if hit:  # raised inside a callee whose exception the student's code swallowed
+        raise ForbiddenCall(f"{task}: your code called {hit[0]} while it ran - this task asks you to "
+                            f"write it yourself")
+    return result
+
+
+def _name(obj) -> str:
+    mod = getattr(obj, "__module__", None) or ""
+    return f"{mod}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}".lstrip(".")

@@ -1,0 +1,1 @@
+"""The course library: datasets, reference models, plots and widgets for the book."""
