@@ -30,8 +30,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	@touch $(STAMP)
 
 book: $(STAMP)
-	LLMCOURSE_BOOK_BUILD=1 $(VENV)/bin/jupyter-book build . --keep-going
-	@$(PY) -c "import sys; sys.exit(0)" && echo && echo "Book built. Open: file://$(CURDIR)/_build/html/index.html"
+	LLMCOURSE_BOOK_BUILD=1 JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+		$(VENV)/bin/jupyter-book build . -W --keep-going
+	@echo; echo "Book built. Open: file://$(CURDIR)/_build/html/index.html"
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -22,7 +22,7 @@ def fail(message: str) -> None:
     raise CheckFailed(message)
 
 
-def _describe(inputs: str | Mapping | None) -> str:
+def describe(inputs: str | Mapping | None) -> str:
     if not inputs:
         return ""
     if isinstance(inputs, Mapping):
@@ -35,7 +35,7 @@ def to_array(value, *, what: str, inputs: str | Mapping | None = None) -> np.nda
 
     Raises :class:`CheckFailed` naming ``what`` when the value is ``None`` or not numeric.
     """
-    where = _describe(inputs)
+    where = describe(inputs)
     if value is None:
         fail(f"{what}{where}: your function returned None (is a `return` missing?)")
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
@@ -56,7 +56,7 @@ def assert_close(got, want, *, what: str, inputs: str | Mapping | None = None,
     Shapes must match exactly (no broadcasting); NaN or infinity where the
     reference is finite is reported as such.
     """
-    where = _describe(inputs)
+    where = describe(inputs)
     want_arr = np.asarray(want.detach().cpu().numpy() if hasattr(want, "detach") else want, dtype=float)
     got_arr = to_array(got, what=what, inputs=inputs).astype(float)
     if got_arr.shape != want_arr.shape:
@@ -80,7 +80,7 @@ def assert_close(got, want, *, what: str, inputs: str | Mapping | None = None,
 
 def assert_equal(got, want, *, what: str, inputs: str | Mapping | None = None) -> None:
     """Check exact equality of integer/boolean arrays (labels, counts, indices)."""
-    where = _describe(inputs)
+    where = describe(inputs)
     want_arr = np.asarray(want)
     got_arr = to_array(got, what=what, inputs=inputs)
     if got_arr.shape != want_arr.shape:
@@ -96,7 +96,7 @@ def assert_equal(got, want, *, what: str, inputs: str | Mapping | None = None) -
 
 def assert_scalar(got, *, what: str, inputs: str | Mapping | None = None) -> float:
     """Check that ``got`` is a single finite number and return it as a float."""
-    where = _describe(inputs)
+    where = describe(inputs)
     arr = to_array(got, what=what, inputs=inputs)
     if arr.size != 1:
         fail(f"{what}{where}: expected a single number, got an array of shape {tuple(arr.shape)}")
@@ -104,3 +104,16 @@ def assert_scalar(got, *, what: str, inputs: str | Mapping | None = None) -> flo
     if not np.isfinite(value):
         fail(f"{what}{where}: got {value}, expected a finite number")
     return value
+
+
+def unpack(result, names: tuple[str, ...], *, what: str, inputs: str | Mapping | None = None):
+    """Check that a student's function returned a tuple/list of ``len(names)`` items and return it."""
+    if isinstance(result, (tuple, list)) and len(result) == len(names):
+        return result
+    if result is None:
+        got = "None (is a `return` missing?)"
+    elif isinstance(result, (tuple, list)):
+        got = f"a {type(result).__name__} of length {len(result)}"
+    else:
+        got = f"a {type(result).__name__}"
+    fail(f"{what}{describe(inputs)}: expected a tuple ({', '.join(names)}), got {got}")

@@ -214,3 +214,24 @@ def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
 def _name(obj) -> str:
     mod = getattr(obj, "__module__", None) or ""
     return f"{mod}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}".lstrip(".")
+
+
+def call_student(fn: Callable, *args, task: str, inputs: dict | None = None, modules: Iterable[str] = (),
+                 callables: Iterable[Callable] = (), **kwargs):
+    """Call the student's ``fn`` under the guard; anything it raises becomes a :class:`CheckFailed`.
+
+    The message names ``task``, the exception and the ``inputs`` that triggered it, so a crash
+    in student code is feedback, never a crash of the check.
+    """
+    where = " for " + ", ".join(f"{k}={v}" for k, v in inputs.items()) if inputs else ""
+    if not callable(fn):
+        raise CheckFailed(f"{task}: expected a function, got {type(fn).__name__}")
+    try:
+        return call_guarded(fn, *args, task=task, modules=modules, callables=callables, **kwargs)
+    except CheckFailed:
+        raise
+    except NotImplementedError:
+        raise CheckFailed(f"{task}: your function raised NotImplementedError{where} - replace "
+                          f"`raise NotImplementedError()` with your code") from None
+    except Exception as exc:  # noqa: BLE001 - every failure of student code becomes a message
+        raise CheckFailed(f"{task}: your function raised {type(exc).__name__}: {exc}{where}") from None

@@ -118,7 +118,7 @@ def test_timeline_html_ids_unique_across_calls():
     assert ids_a and ids_b and not ids_a & ids_b
     (uid,) = ids_a
     assert f"getElementById('{uid}')" in a
-    css_scopes = set(re.findall(r"#(tl-[0-9a-f]+)", a))
+    css_scopes = set(re.findall(r"#(tl-[0-9a-f]+-[0-9]+)", a))
     assert css_scopes == {uid}, "CSS must be scoped to this timeline only"
     # a filtered timeline shows only its categories
     assert re.findall(r'<button type="button" data-cat="([^"]+)"', b) == ["LLM"]

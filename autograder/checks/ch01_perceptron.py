@@ -15,7 +15,7 @@ sample at a time with ``partial_fit`` and counting the samples that changed
 the weights.
 
 Every reference is computed live, the student's function is called through
-:func:`autograder.guard.call_guarded` (no scikit-learn, no
+:func:`autograder.guard.call_student` (no scikit-learn, no
 ``llmcourse.perceptron`` inside it), and the student's code never judges
 equality.
 
@@ -27,46 +27,30 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import Perceptron
 
-from autograder.compare import CheckFailed, assert_close, assert_equal, assert_scalar, fail, to_array
-from autograder.guard import call_guarded
+from autograder.compare import (
+    assert_close,
+    assert_equal,
+    assert_scalar,
+    describe,
+    fail,
+    to_array,
+    unpack,
+)
+from autograder.guard import call_student
 from llmcourse.tasks import make_linearly_separable, make_logic_gate
 
 FORBIDDEN = ("sklearn", "llmcourse.perceptron")
+
+
+def _call(fn, *args, task: str, inputs: dict, **kwargs):
+    """Call the student's function under the guard, with this chapter's forbidden modules."""
+    return call_student(fn, *args, task=task, inputs=inputs, modules=FORBIDDEN, **kwargs)
+
+
 GATES = ("AND", "OR", "NAND", "NOR", "XOR", "XNOR")
 
 
 # ----------------------------------------------------------------- helpers
-
-def _where(inputs: dict) -> str:
-    return " for " + ", ".join(f"{k}={v}" for k, v in inputs.items()) if inputs else ""
-
-
-def _run(fn, *args, task: str, inputs: dict, **kwargs):
-    """Call the student's ``fn`` under the guard; any exception it raises becomes feedback."""
-    if not callable(fn):
-        fail(f"{task}: expected a function, got {type(fn).__name__}")
-    try:
-        return call_guarded(fn, *args, task=task, modules=FORBIDDEN, **kwargs)
-    except CheckFailed:
-        raise
-    except NotImplementedError:
-        fail(f"{task}: your function raised NotImplementedError{_where(inputs)} - replace "
-             f"`raise NotImplementedError()` with your code")
-    except Exception as exc:  # noqa: BLE001 - every failure of student code becomes a message
-        fail(f"{task}: your function raised {type(exc).__name__}: {exc}{_where(inputs)}")
-
-
-def _unpack(result, names: tuple[str, ...], *, task: str, inputs: dict):
-    if isinstance(result, (tuple, list)) and len(result) == len(names):
-        return result
-    if result is None:
-        got = "None (is a `return` missing?)"
-    elif isinstance(result, (tuple, list)):
-        got = f"a {type(result).__name__} of length {len(result)}"
-    else:
-        got = f"a {type(result).__name__}"
-    fail(f"{task}{_where(inputs)}: expected a tuple ({', '.join(names)}), got {got}")
-
 
 def _sk_perceptron(lr: float, epochs: int, **extra):
     return Perceptron(penalty=None, alpha=0.0, eta0=lr, fit_intercept=True, shuffle=False,
@@ -78,7 +62,7 @@ def _labels01(value, *, what: str, inputs: dict) -> np.ndarray:
     bad = ~np.isin(arr, (0, 1))
     if bad.any():
         seen = np.unique(arr)[:6].tolist()
-        fail(f"{what}{_where(inputs)}: labels must be 0 or 1, got values {seen} "
+        fail(f"{what}{describe(inputs)}: labels must be 0 or 1, got values {seen} "
              f"(the rule predicts 1 when x.w + b > 0 and 0 otherwise)")
     return arr
 
@@ -204,7 +188,7 @@ def check_predict(student_fn) -> None:
     task = "perceptron_predict"
     for inputs, X, w, b in _predict_cases():
         want = reference_predict(X, w, b)
-        got = _run(student_fn, X.copy(), w.copy(), b, task=task, inputs=inputs)
+        got = _call(student_fn, X.copy(), w.copy(), b, task=task, inputs=inputs)
         got = _labels01(got, what="perceptron_predict labels", inputs=inputs)
         assert_equal(got, want, what="perceptron_predict labels (1 iff x.w + b > 0)", inputs=inputs)
 
@@ -215,8 +199,8 @@ def check_fit(student_fn) -> None:
     for inputs, X, y, lr, epochs in _fit_cases():
         w_want, b_want = reference_fit(X, y, lr, epochs)
         m_want = reference_mistakes(X, y, lr, epochs)
-        result = _run(student_fn, X.copy(), y.copy(), lr=lr, epochs=epochs, task=task, inputs=inputs)
-        w, b, mistakes = _unpack(result, ("w", "b", "mistakes"), task=task, inputs=inputs)
+        result = _call(student_fn, X.copy(), y.copy(), lr=lr, epochs=epochs, task=task, inputs=inputs)
+        w, b, mistakes = unpack(result, ("w", "b", "mistakes"), what=task, inputs=inputs)
         assert_close(w, w_want, what="w (weights)", inputs=inputs, rtol=1e-9, atol=1e-9)
         b = assert_scalar(b, what="b (bias)", inputs=inputs)
         assert_close(b, b_want, what="b (bias)", inputs=inputs, rtol=1e-9, atol=1e-9)
@@ -230,13 +214,15 @@ def check_converges(student_fn) -> None:
     for inputs, X, y, epochs in _converges_cases():
         first = reference_first_clean_epoch(X, y, epochs)
         want = first is not None
-        got = _run(student_fn, X.copy(), y.copy(), epochs=epochs, task=task, inputs=inputs)
+        got = _call(student_fn, X.copy(), y.copy(), epochs=epochs, task=task, inputs=inputs)
+        if got is None:
+            fail(f"{task}{describe(inputs)}: your function returned None (is a `return` missing?)")
         if not isinstance(got, (bool, np.bool_)):
-            fail(f"{task}{_where(inputs)}: expected True or False, got {type(got).__name__} {got!r}")
+            fail(f"{task}{describe(inputs)}: expected True or False, got {type(got).__name__} {got!r}")
         if bool(got) != want:
             why = (f"epoch {first} is the first with zero mistakes" if want else
                    f"no epoch among the first {epochs} is free of mistakes")
-            fail(f"{task}{_where(inputs)}: returned {bool(got)}, expected {want} ({why}; the answer is "
+            fail(f"{task}{describe(inputs)}: returned {bool(got)}, expected {want} ({why}; the answer is "
                  f"whether some epoch makes zero updates, not whether the final weights classify well)")
 
 

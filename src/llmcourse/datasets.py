@@ -9,7 +9,7 @@
   are online (cached, checked against a SHA-256 you give). Offline, a URL that
   is not cached fails with a clear message.
 
-Taught in: book/00-introduction
+Taught in: book/intro
 """
 
 from __future__ import annotations

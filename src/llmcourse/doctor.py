@@ -15,7 +15,7 @@ def report() -> list[str]:
     """Return the lines of the environment report (nothing is printed)."""
     import torch
 
-    from llmcourse.device import device
+    from llmcourse.hardware import device
 
     lines = [
         f"python   {platform.python_version()} ({sys.executable})",

@@ -4,7 +4,7 @@
 that every chapter's figures match. The helpers draw things several chapters
 need: learning curves and a classifier's decision regions in 2-D.
 
-Taught in: book/00-introduction
+Taught in: book/intro
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ A note on the units tqdm prints: ``it/s`` is iterations per second and, when
 one iteration takes longer than a second, tqdm flips to ``s/it``, seconds per
 iteration (it is not "substitute it").
 
-Taught in: book/00-introduction
+Taught in: book/intro
 """
 
 from __future__ import annotations

@@ -5,15 +5,18 @@ numbers take an explicit ``seed`` or ``generator``. A notebook that wants the
 whole page to be repeatable (including code it does not control, such as
 ``torch.nn`` initialisers) calls :func:`set_seed` once at the top.
 
-Taught in: book/00-introduction
+Taught in: book/intro
 """
 
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported only when a function needs it
+    import torch
 
 
 def _check_seed(seed: object) -> int:
@@ -31,6 +34,8 @@ def set_seed(seed: int) -> None:
     :func:`torch_generator` / :func:`numpy_rng` so results do not depend on
     what ran before.
     """
+    import torch
+
     seed = _check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -39,6 +44,8 @@ def set_seed(seed: int) -> None:
 
 def torch_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A fresh ``torch.Generator`` on ``device`` seeded with ``seed``."""
+    import torch
+
     gen = torch.Generator(device=device)
     gen.manual_seed(_check_seed(seed))
     return gen

@@ -16,7 +16,8 @@ Taught in: book/01-history
 from __future__ import annotations
 
 import html
-import uuid
+import hashlib
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -120,7 +121,7 @@ _EVENTS = (
       "Deng et al., CVPR 2009; Russakovsky et al., IJCV 115:211-252 (2015)"),
     E(2010, None, "DeepMind founded", "Demis Hassabis, Shane Legg and Mustafa Suleyman found "
       "DeepMind in London; Google acquires it in 2014.", "deep learning",
-      "Google DeepMind, 'About' page, deepmind.google/about (accessed 2025)"),
+      "Suleyman & Bhaskar, The Coming Wave, Crown (2023); Pichai, Google blog (20 Apr 2023)"),
     E(2012, None, "AlexNet wins ImageNet", "A GPU-trained convolutional network cuts the top-5 "
       "error of ILSVRC-2012 to 15.3% (runner-up 26.2%).", "deep learning",
       "Krizhevsky, Sutskever & Hinton, NeurIPS 25 (2012)"),
@@ -266,16 +267,20 @@ def _x(when: float, left: float, right: float) -> float:
     return left + (right - left) * (0.45 + 0.55 * (min(when, 2026) - 2010) / 16)
 
 
+_CALLS = itertools.count()
+
+
 def timeline_html(evs: Sequence[Event]) -> str:
     """A self-contained interactive SVG timeline (no external files, no internet).
 
     One lane per category; hover, focus (Tab key) or click a dot to show its details;
-    buttons hide or show categories. Element ids carry a random suffix so several
-    timelines can share a page. Display it with ``IPython.display.HTML(timeline_html(...))``.
+    buttons hide or show categories. Element ids carry a suffix made from the events and
+    a call counter, so several timelines can share a page and a re-run gives the same HTML. Display it with ``IPython.display.HTML(timeline_html(...))``.
     Where scripts do not run (an untrusted notebook), each dot still has a native tooltip.
     """
     evs = _check_events(evs)
-    uid = "tl-" + uuid.uuid4().hex[:10]
+    digest = hashlib.sha256(repr(evs).encode()).hexdigest()[:6]
+    uid = f"tl-{digest}-{next(_CALLS)}"
     cats = [c for c in CATEGORIES if any(e.category == c for e in evs)]
     width, left, right, row, top = 920, 110, 900, 13, 28
     # greedy stacking: in each lane, put a dot in the first sub-row where it does not overlap

@@ -7,7 +7,7 @@ snapshot of the figure at the default settings (the book picks it, because its
 ``_config.yml`` drops the widget view). Readers of the HTML see the figure and
 an invitation to open the page as a notebook to move the sliders.
 
-Taught in: book/00-introduction
+Taught in: book/intro
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Pick the fastest device that is present: CUDA, then Apple's MPS, then the CPU.
+"""Hardware: pick the fastest device that is present: CUDA, then Apple's MPS, then the CPU.
 
 Every chapter runs on a 2-core CPU; a GPU only makes it faster. Code in the
 book asks ``device()`` once and moves models and tensors there.
 
-Taught in: book/00-introduction
+Taught in: book/intro
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llmcourse.device import device
+from llmcourse.hardware import device
 
 
 def test_device_defaults_to_an_available_backend(monkeypatch):
@@ -28,3 +28,10 @@ def test_device_rejects_unknown_names():
 def test_device_cuda_requested_without_gpu_is_an_error():
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         device("cuda")
+
+
+def test_device_is_reachable_as_llmcourse_device():
+    import llmcourse
+
+    assert callable(llmcourse.device)
+    assert llmcourse.device("cpu") == torch.device("cpu")
