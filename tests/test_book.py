@@ -110,6 +110,8 @@ def test_book_builds_offline_without_external_resources(tmp_path):
     """Build the whole site (execution off: the test above executes) and scan it for CDN loads."""
     config = yaml.safe_load((REPO / "_config.yml").read_text())
     config["execute"]["execute_notebooks"] = "off"
+    for name, path in config["sphinx"].get("local_extensions", {}).items():  # relative to the config file
+        config["sphinx"]["local_extensions"][name] = str(REPO / path)
     cfg = tmp_path / "_config.yml"
     cfg.write_text(yaml.safe_dump(config))
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
@@ -122,8 +124,14 @@ def test_book_builds_offline_without_external_resources(tmp_path):
         assert (html / f"{page}.html").is_file(), f"{page}.html was not built"
     external = re.compile(r"<(?:script|img|iframe)[^>]+src=\"(https?:)?//|<link[^>]+href=\"(https?:)?//[^\"]+\"[^>]*stylesheet"
                           r"|<link[^>]+stylesheet[^>]+href=\"(https?:)?//")
+    inline = re.compile(r"<script>(.*?)</script>", re.S)
+    declaration = re.compile(r"(?:^|;)\s*(?:const|let)\s+([A-Za-z_$][\w$]*)")
     for page in html.rglob("*.html"):
-        hits = external.findall(page.read_text(encoding="utf-8", errors="replace"))
+        text = page.read_text(encoding="utf-8", errors="replace")
+        hits = external.findall(text)
         assert not hits, f"{page.relative_to(html)} loads a resource from the internet"
+        names = [n for body in inline.findall(text) for n in declaration.findall(body)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        assert not twice, f"{page.relative_to(html)} declares {twice} twice (a console error in the browser)"
     assert list((html / "_static").rglob("tex-chtml*.js")) or list((html / "_static").rglob("*mathjax*")), \
         "MathJax was not copied into the build (sphinx-mathjax-offline)"

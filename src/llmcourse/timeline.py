@@ -15,8 +15,8 @@ Taught in: book/01-history
 
 from __future__ import annotations
 
-import html
 import hashlib
+import html
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
