@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import re
 import shutil
 
@@ -191,12 +190,23 @@ def test_check_command_prints_a_table_for_solution_and_blank(assignment, tmp_pat
     assert f"0 of {len(tasks)} tasks pass" in out
 
 
-def test_nbgrader_metadata_is_consistent():
-    for assignment in ASSIGNMENTS:
-        nb = json.loads((SOLUTIONS / assignment / notebook_names(assignment)[0]).read_text())
-        ids = [c["metadata"]["nbgrader"]["grade_id"] for c in nb["cells"] if "nbgrader" in c["metadata"]]
-        assert len(ids) == len(set(ids)), f"{assignment}: duplicate grade ids"
-        for cell in nb["cells"]:
-            meta = cell["metadata"].get("nbgrader", {})
-            if meta.get("grade"):
-                assert meta["grade_id"].startswith(assignment[:5]) and meta.get("points", 0) > 0
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_source_notebook_has_the_exercise_shape(assignment):
+    """DESIGN.md's exercise shape: per task an answer cell and a graded test cell with hidden checks."""
+    nb = nbformat.read(SOLUTIONS / assignment / notebook_names(assignment)[0], as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs are stored"
+    metas = [c.metadata.get("nbgrader", {}) for c in nb.cells]
+    ids = [m["grade_id"] for m in metas if m]
+    assert len(ids) == len(set(ids)), f"{assignment}: duplicate grade ids"
+    graded = [c for c, m in zip(nb.cells, metas) if m.get("grade")]
+    answers = [c for c, m in zip(nb.cells, metas) if m.get("solution")]
+    assert graded and len(answers) == len(graded), "one answer cell per graded cell"
+    for cell in graded:
+        meta = cell.metadata["nbgrader"]
+        assert meta["grade_id"].startswith(assignment[:5]) and meta.get("points", 0) > 0, meta["grade_id"]
+        assert cell.source.startswith('"""'), f"{meta['grade_id']} must open with a one-line docstring"
+        assert "### BEGIN HIDDEN TESTS" in cell.source and "check_" in cell.source.split("### BEGIN HIDDEN TESTS")[1]
+    for cell in answers:
+        head = cell.source.split("### BEGIN SOLUTION")[0]
+        assert head.startswith("def ") and '"""' in head, "signature and docstring must sit outside the solution"

@@ -43,23 +43,15 @@ def solution() -> dict:
 
 # ----------------------------------------------------------------- the notebook itself
 
-def test_notebook_grade_ids_points_and_hidden_checks(notebook):
+def test_notebook_grade_ids_call_their_hidden_checks(notebook):
+    """The shape shared by every exercise is tested in test_autograder_cli.py; here, the ch01 names."""
     graded = {c.metadata["nbgrader"]["grade_id"]: c for c in notebook.cells
               if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
     assert set(graded) == set(GRADE_IDS), f"graded cells {sorted(graded)} != {sorted(GRADE_IDS)}"
     for grade_id, cell in graded.items():
         task = grade_id.removeprefix("ch01_")
-        assert cell.metadata["nbgrader"]["points"] > 0, f"{grade_id} has no points"
-        assert cell.source.startswith('"""'), f"{grade_id} must open with a one-line docstring"
         hidden = cell.source.split("### BEGIN HIDDEN TESTS")[1]
         assert f"check_{task}({GRADE_IDS[grade_id]})" in hidden, f"{grade_id} does not call check_{task}"
-    answers = [c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("solution")]
-    assert len(answers) == 3, f"expected 3 answer cells, got {len(answers)}"
-    for cell in answers:
-        head = cell.source.split("### BEGIN SOLUTION")[0]
-        assert head.startswith("def ") and '"""' in head, "signature and docstring must sit outside the solution"
-    assert notebook.metadata["kernelspec"]["name"] == "python3"
-    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "outputs are stored"
 
 
 def test_solution_passes_every_check(solution):
