@@ -71,7 +71,7 @@ def static_violations(fn: Callable, *, modules: Iterable[str] = (), callables: I
     an empty list means nothing forbidden was found.
     """
     modules = tuple(modules)
-    forbidden_ids = {id(c) for c in callables}
+    forbidden_ids = {id(c) for c in resolve_callables(callables)}
     seen = _seen if _seen is not None else set()
     target = inspect.unwrap(fn) if callable(fn) else fn
     if isinstance(target, type):  # a class: look at its methods
@@ -167,19 +167,45 @@ def _resolve(node: ast.AST, scope: dict):
     return _MISSING
 
 
+def _refuse_static(fn, *, task: str, modules: tuple, callables: tuple) -> None:
+    findings = static_violations(fn, modules=modules, callables=callables)
+    if findings:
+        raise ForbiddenCall(f"{task}: {'; '.join(findings)} - this task asks you to write it yourself "
+                            f"without {', '.join(modules + tuple(_name(c) for c in callables))}")
+
+
+def resolve_callables(callables: Iterable[Callable | str]) -> tuple:
+    """Forbidden callables given as objects or dotted names (``"torch.nn.functional.conv2d"``) -> objects."""
+    out = []
+    for c in callables:
+        if isinstance(c, str):
+            module, _, attr = c.rpartition(".")
+            try:
+                obj = importlib.import_module(module)
+                obj = getattr(obj, attr)
+            except (ImportError, AttributeError):
+                try:  # a class attribute such as torch.Tensor.unfold
+                    owner_mod, _, owner = module.rpartition(".")
+                    obj = getattr(getattr(importlib.import_module(owner_mod), owner), attr)
+                except (ImportError, AttributeError, ValueError):
+                    continue
+            out.append(obj)
+        else:
+            out.append(c)
+    return tuple(out)
+
+
 def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
-                 callables: Iterable[Callable] = (), **kwargs):
+                 callables: Iterable[Callable | str] = (), static: bool = True, **kwargs):
     """Call ``fn(*args, **kwargs)`` after the static look, with the run-time watch on.
 
     Raises :class:`ForbiddenCall` naming ``task`` and the forbidden thing that was used;
     any other exception from the student's code propagates unchanged.
     """
     modules = tuple(modules)
-    callables = tuple(callables)
-    findings = static_violations(fn, modules=modules, callables=callables)
-    if findings:
-        raise ForbiddenCall(f"{task}: {'; '.join(findings)} - this task asks you to write it yourself "
-                            f"without {', '.join(modules + tuple(_name(c) for c in callables))}")
+    callables = resolve_callables(callables)
+    if static:
+        _refuse_static(fn, task=task, modules=modules, callables=callables)
     roots = _module_roots(modules)
     forbidden_ids = {id(c) for c in callables}
     hit: list[str] = []
@@ -216,22 +242,69 @@ def _name(obj) -> str:
     return f"{mod}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}".lstrip(".")
 
 
+def _where(inputs: dict | None) -> str:
+    return " for " + ", ".join(f"{k}={v}" for k, v in inputs.items()) if inputs else ""
+
+
+def student_failure(task: str, exc: BaseException, inputs: dict | None = None) -> CheckFailed:
+    """The feedback for an exception raised by the student's code (a :class:`CheckFailed` to raise)."""
+    if isinstance(exc, CheckFailed):
+        return exc
+    if isinstance(exc, NotImplementedError):
+        return CheckFailed(f"{task}: your function raised NotImplementedError{_where(inputs)} - replace "
+                           f"`raise NotImplementedError()` with your code")
+    return CheckFailed(f"{task}: your function raised {type(exc).__name__}: {exc}{_where(inputs)}")
+
+
 def call_student(fn: Callable, *args, task: str, inputs: dict | None = None, modules: Iterable[str] = (),
-                 callables: Iterable[Callable] = (), **kwargs):
+                 callables: Iterable[Callable | str] = (), **kwargs):
     """Call the student's ``fn`` under the guard; anything it raises becomes a :class:`CheckFailed`.
 
     The message names ``task``, the exception and the ``inputs`` that triggered it, so a crash
-    in student code is feedback, never a crash of the check.
+    in student code is feedback, never a crash of the check. When the grader runs the check in
+    its trusted process, ``fn`` is a handle on a function in the student's sandbox
+    (:class:`autograder.remote.Remote`): the call, with the same guard, happens there and only
+    data comes back.
     """
-    where = " for " + ", ".join(f"{k}={v}" for k, v in inputs.items()) if inputs else ""
+    if getattr(fn, "__llmcourse_remote__", False):
+        return fn.__llmcourse_remote_call__(args, kwargs, task=task, inputs=inputs, modules=tuple(modules),
+                                           callables=tuple(callables))
     if not callable(fn):
         raise CheckFailed(f"{task}: expected a function, got {type(fn).__name__}")
     try:
         return call_guarded(fn, *args, task=task, modules=modules, callables=callables, **kwargs)
-    except CheckFailed:
-        raise
-    except NotImplementedError:
-        raise CheckFailed(f"{task}: your function raised NotImplementedError{where} - replace "
-                          f"`raise NotImplementedError()` with your code") from None
     except Exception as exc:  # noqa: BLE001 - every failure of student code becomes a message
-        raise CheckFailed(f"{task}: your function raised {type(exc).__name__}: {exc}{where}") from None
+        raise student_failure(task, exc, inputs) from None
+
+
+def run_probe(probe: Callable, *args, task: str, inputs: dict | None = None, modules: Iterable[str] = (),
+              callables: Iterable[Callable | str] = (), **kwargs):
+    """Run a check's ``probe(*args, **kwargs)`` that drives student objects; return its plain-data result.
+
+    Use a probe when a check needs more than one call into the student's code: building a graph
+    with the student's ``Value`` class and calling ``backward``, or a backward pass through the
+    student's torch function. ``probe`` must be a module-level function of an ``autograder.checks``
+    module; it receives the student's functions or classes among ``args`` and must return only
+    data (numbers, strings, numpy arrays, detached torch tensors, and lists, tuples or dicts of
+    them). The grader runs it beside the student's code, in the student's sandbox, so it is not
+    trusted to judge anything: the check compares what it returns with its own reference.
+
+    The guard takes a static look at every student function or class among ``args`` and watches
+    the whole probe while it runs; failures become :class:`CheckFailed` as in :func:`call_student`.
+    """
+    if not (isinstance(probe, types.FunctionType) and probe.__module__.startswith("autograder.checks")
+            and probe.__qualname__ == probe.__name__):
+        raise TypeError(f"a probe must be a module-level function of autograder.checks, got {probe!r}")
+    remote = next((a for a in args if getattr(a, "__llmcourse_remote__", False)), None)
+    if remote is not None:
+        return remote.__llmcourse_remote_probe__(probe, args, kwargs, task=task, inputs=inputs,
+                                                 modules=tuple(modules), callables=tuple(callables))
+    modules, callables = tuple(modules), tuple(callables)
+    for obj in args:
+        if isinstance(obj, (types.FunctionType, type)):
+            _refuse_static(obj, task=task, modules=modules, callables=callables)
+    try:
+        return call_guarded(probe, *args, task=task, modules=modules, callables=callables, static=False,
+                            **kwargs)
+    except Exception as exc:  # noqa: BLE001 - every failure of student code becomes a message
+        raise student_failure(task, exc, inputs) from None

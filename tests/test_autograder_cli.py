@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import re
 import shutil
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -15,24 +17,27 @@ from autograder.grading import CSV_COLUMNS, find_submissions, tasks_of
 
 ASSIGNMENTS = assignments()
 
+def _round_trip_mistakes() -> dict[str, tuple[str, str]]:
+    """Each chapter's test module names one plausible mistake: (answer cell id, wrong source)."""
+    found = {}
+    for path in sorted(Path(__file__).parent.glob("test_checks_ch*.py")):
+        module = importlib.import_module(f"tests.{path.stem}")
+        mistake = getattr(module, "ROUND_TRIP_MISTAKE", None)
+        if mistake is not None:
+            found[module.ASSIGNMENT] = mistake
+    return found
+
+
 # One plausible mistake per assignment, pasted over one answer cell: the "wrong" student.
-WRONG_ANSWERS = {
-    "ch01_perceptron": ("ch01_predict_answer",
-                        "def perceptron_predict(X, w, b):\n    return (X @ w + b >= 0).astype(int)\n"),
-    "ch02_ml_basics": ("ch02_precision_recall_f1_answer",
-                       "def precision_recall_f1(y_true, y_pred, positive=1):\n"
-                       "    import numpy as np\n"
-                       "    y_true, y_pred = np.asarray(y_true) == positive, np.asarray(y_pred) == positive\n"
-                       "    tp = np.sum(y_true & y_pred)\n"
-                       "    p = tp / max(np.sum(y_true), 1)\n"  # precision and recall swapped
-                       "    r = tp / max(np.sum(y_pred), 1)\n"
-                       "    return p, r, (2 * p * r / (p + r) if p + r else 0.0)\n"),
-}
+WRONG_ANSWERS = _round_trip_mistakes()
 
 
 def test_every_assignment_has_a_release_and_a_planted_mistake():
-    assert set(ASSIGNMENTS) == {"ch01_perceptron", "ch02_ml_basics"}
-    assert set(WRONG_ANSWERS) == set(ASSIGNMENTS)
+    assert {"ch01_perceptron", "ch02_ml_basics"} <= set(ASSIGNMENTS)
+    assert set(WRONG_ANSWERS) == set(ASSIGNMENTS), \
+        "each assignment needs ROUND_TRIP_MISTAKE and ASSIGNMENT in its tests/test_checks_chNN.py"
+    for assignment in ASSIGNMENTS:
+        assert (EXERCISES / assignment).is_dir(), f"{assignment} has no release: run `make release`"
 
 
 @pytest.mark.slow

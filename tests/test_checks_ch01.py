@@ -21,6 +21,11 @@ from autograder.guard import ForbiddenCall, static_violations
 from llmcourse.tasks import make_linearly_separable, make_logic_gate
 from tests.notebook_kernel import kernel, planted, solution_namespace
 
+ASSIGNMENT = "ch01_perceptron"
+# The mistake the nbgrader round trip in test_autograder_cli plants: (answer cell, wrong code).
+ROUND_TRIP_MISTAKE = ("ch01_predict_answer",
+                      "def perceptron_predict(X, w, b):\n    return (X @ w + b >= 0).astype(int)\n")
+
 pytestmark = pytest.mark.ch01
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "solutions" / "ch01_perceptron" / "ch01_perceptron.ipynb"

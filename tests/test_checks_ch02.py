@@ -20,6 +20,17 @@ from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, static_violations
 from tests.notebook_kernel import kernel, planted, solution_namespace
 
+ASSIGNMENT = "ch02_ml_basics"
+# The mistake the nbgrader round trip in test_autograder_cli plants: (answer cell, wrong code).
+ROUND_TRIP_MISTAKE = ("ch02_precision_recall_f1_answer",
+                      "def precision_recall_f1(y_true, y_pred, positive=1):\n"
+                      "    import numpy as np\n"
+                      "    y_true, y_pred = np.asarray(y_true) == positive, np.asarray(y_pred) == positive\n"
+                      "    tp = np.sum(y_true & y_pred)\n"
+                      "    p = tp / max(np.sum(y_true), 1)\n"  # precision and recall swapped
+                      "    r = tp / max(np.sum(y_pred), 1)\n"
+                      "    return p, r, (2 * p * r / (p + r) if p + r else 0.0)\n")
+
 pytestmark = pytest.mark.ch02
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "solutions" / "ch02_ml_basics" / "ch02_ml_basics.ipynb"
