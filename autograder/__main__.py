@@ -1,7 +1,8 @@
 """The autograder's command line.
 
     python -m autograder release [ASSIGNMENT]            regenerate exercises/ from solutions/
-    python -m autograder grade ASSIGNMENT FOLDER --out OUT   grade every submission in FOLDER
+    python -m autograder grade ASSIGNMENT FOLDER --out OUT [--workers N] [--db URL]
+                                                         grade every submission in FOLDER
     python -m autograder check NOTEBOOK                  run a notebook's checks, print a table
 """
 
@@ -22,6 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     p_grade.add_argument("folder", type=Path, help="one sub-folder per student (or nbgrader's submitted/)")
     p_grade.add_argument("--out", type=Path, required=True, help="where grades.csv and feedback/ go")
     p_grade.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_grade.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPU cores)")
+    p_grade.add_argument("--db", default=None, help="SQLAlchemy URL of the gradebook "
+                         "(default sqlite:///OUT/gradebook.db; e.g. postgresql://user@host/db)")
+    p_grade.add_argument("--no-resume", action="store_true", help="re-grade unchanged submissions too")
+    p_grade.add_argument("--cell-timeout", type=float, default=60.0, help="seconds per cell or check call")
+    p_grade.add_argument("--notebook-timeout", type=float, default=300.0, help="seconds per notebook")
+    p_grade.add_argument("--memory-mb", type=int, default=4096, help="memory limit per submission (MiB)")
     p_check = sub.add_parser("check", help="run the checks of your own notebook")
     p_check.add_argument("notebook", type=Path)
     p_check.add_argument("--timeout", type=int, default=120, help="seconds per cell")
@@ -36,15 +44,20 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "grade":
             from autograder.grading import grade_folder
+            from autograder.limits import Limits
 
-            rows = grade_folder(args.assignment, args.folder, args.out, show_progress=not args.quiet)
+            limits = Limits(cell_seconds=args.cell_timeout, notebook_seconds=args.notebook_timeout,
+                            memory_mb=args.memory_mb)
+            rows = grade_folder(args.assignment, args.folder, args.out, show_progress=not args.quiet,
+                                workers=args.workers, db_url=args.db, limits=limits, resume=not args.no_resume,
+                                warn=lambda line: print(line, file=sys.stderr))
             students = sorted({r.student for r in rows})
             for s in students:
                 got = sum(r.score for r in rows if r.student == s)
                 total = sum(r.max_score for r in rows if r.student == s)
                 print(f"{s}: {got:g} / {total:g}")
-            print(f"graded {len(students)} submission(s); wrote {args.out / 'grades.csv'} and "
-                  f"{args.out / 'feedback'}/")
+            print(f"graded {len(students)} submission(s); wrote {args.out / 'grades.csv'}, "
+                  f"{args.out / 'summary.png'} and {args.out / 'feedback'}/")
             return 0
         if args.command == "check":
             from autograder.selfcheck import format_table, run_checks

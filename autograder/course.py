@@ -62,7 +62,7 @@ def notebook_names(assignment: str, source: Path = SOLUTIONS) -> list[str]:
     return sorted(p.name for p in (source / assignment).glob("*.ipynb"))
 
 
-def load_config(root: Path) -> Config:
+def load_config(root: Path, db_url: str | None = None) -> Config:
     """The course's nbgrader config, with the course root moved to ``root``.
 
     Source and release directories become nbgrader's defaults inside ``root``.
@@ -71,7 +71,7 @@ def load_config(root: Path) -> Config:
     cfg.CourseDirectory.root = str(root)
     cfg.CourseDirectory.source_directory = "source"
     cfg.CourseDirectory.release_directory = "release"
-    cfg.CourseDirectory.db_url = f"sqlite:///{root / 'gradebook.db'}"
+    cfg.CourseDirectory.db_url = db_url or f"sqlite:///{root / 'gradebook.db'}"
     return cfg
 
 
@@ -83,13 +83,14 @@ class Course:
     config: Config
 
     @classmethod
-    def create(cls, names: list[str], parent: Path | None = None, source: Path = SOLUTIONS) -> Course:
+    def create(cls, names: list[str], parent: Path | None = None, source: Path = SOLUTIONS,
+               db_url: str | None = None) -> Course:
         prepare_environment()
         root = Path(tempfile.mkdtemp(prefix="llmcourse-grading-", dir=parent))
         for name in names:
             shutil.copytree(source / name, root / "source" / name,
                             ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
-        return cls(root=root, config=load_config(root))
+        return cls(root=root, config=load_config(root, db_url))
 
     def coursedir(self, **traits):
         from nbgrader.coursedir import CourseDirectory

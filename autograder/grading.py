@@ -1,32 +1,41 @@
-"""Batch grading: every submission in a folder gets a score per task, a reason and feedback.
+"""Batch grading: many submissions, in parallel, each in its own sandbox, into one gradebook.
 
-Steps for one batch:
-1. a temporary nbgrader course holds the assignment's source; ``generate_assignment``
-   records its graded cells and checksums in a fresh gradebook;
-2. each submission is validated, copied to ``submitted/<student>/<assignment>/``
-   and run through nbgrader ``autograde`` (cells time-limited; errors don't stop later cells);
-3. scores come from the gradebook, reasons from the graded cells' error outputs;
-4. ``generate_feedback`` renders the notebook, and a per-task table is put on top.
+One batch:
 
-A submission that cannot be read or graded gets zero for every task and a reason;
-the batch always goes on. The seam for parallel grading is :func:`grade_submission`,
-which grades one student in a course that already holds the generated assignment.
+1. a temporary nbgrader course holds the assignment; ``generate_assignment`` records its
+   graded cells and checksums in the gradebook (SQLite by default, any SQLAlchemy URL);
+2. each submission whose file changed since it was last graded (or that was never graded)
+   goes to a pool of worker processes; a worker grades it with :func:`autograder.runner.grade_notebook`
+   (student code in a limited sandbox, checks in the worker) and renders its feedback page;
+3. the main process is the only one that writes the gradebook, one transaction per
+   submission, as results arrive;
+4. ``grades.csv``, ``summary.json``, ``summary.png`` and ``feedback/<student>.html`` are written.
+
+A submission that cannot be read or graded gets zero for every task and a reason; a worker
+that dies is replaced, and the batch always goes on.
 """
 
 from __future__ import annotations
 
-import csv
-import shutil
+import hashlib
+import multiprocessing
+import os
 import warnings
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
 
 from autograder.course import SOLUTIONS, Course, check_assignment, notebook_names
-from autograder.feedback import error_summary, insert_summary, standalone_page, summary_table
+from autograder.limits import Limits, isolation
+from autograder.reports import CSV_COLUMNS, feedback_page, summarize, write_csv, write_summary
 
-CSV_COLUMNS = ["student", "assignment", "task", "score", "max_score", "reason"]
+__all__ = ["CSV_COLUMNS", "GRADER_VERSION", "Task", "TaskResult", "find_submissions", "grade_folder", "tasks_of"]
+
+#: part of every submission's digest: bump it when grading changes, so re-runs re-grade
+GRADER_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -74,121 +83,164 @@ def find_submissions(folder: Path, assignment: str, notebooks: list[str]) -> dic
     found: dict[str, Path | None] = {}
     for student_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         candidates = [student_dir / assignment / notebooks[0], student_dir / notebooks[0]]
-        path = next((c for c in candidates if c.is_file()), None)
+        path = next((c for c in candidates if c.is_file() and not c.is_symlink()), None)
         if path is None:
             loose = sorted(student_dir.glob("*.ipynb")) + sorted((student_dir / assignment).glob("*.ipynb"))
+            loose = [p for p in loose if p.is_file() and not p.is_symlink()]
             path = loose[0] if len(loose) == 1 else None
         found[student_dir.name] = path
     return found
 
 
-def _zeros(student: str, assignment: str, tasks: list[Task], reason: str) -> list[TaskResult]:
-    return [TaskResult(student, assignment, t.name, 0.0, t.points, reason) for t in tasks]
+# ----------------------------------------------------------------------------- one job
+
+_WORKER = {"index": 0}
 
 
-def grade_submission(course: Course, assignment: str, student: str, path: Path | None,
-                     tasks: list[Task], feedback_dir: Path) -> list[TaskResult]:
-    """Autograde one student's notebook inside ``course`` and write their feedback page."""
-    from nbgrader.api import Gradebook
-    from nbgrader.converters import Autograde, GenerateFeedback
+def _init_worker(indices) -> None:
+    warnings.filterwarnings("ignore")
+    _WORKER["index"] = indices.get()
 
-    feedback_dir.mkdir(parents=True, exist_ok=True)
-    page = feedback_dir / f"{student}.html"
 
-    def give_up(reason: str) -> list[TaskResult]:
-        rows = _zeros(student, assignment, tasks, reason)
-        page.write_text(standalone_page(student, assignment, rows, reason), encoding="utf-8")
-        return rows
+def _grade_job(job: dict) -> dict:
+    """In a worker: grade one submission and render its feedback page (plain data back)."""
+    from autograder.runner import grade_notebook, zero
 
-    if path is None:
-        return give_up(f"no submission found (expected {tasks[0].notebook if tasks else 'a notebook'})")
-    try:
-        nb = nbformat.read(path, as_version=4)
-        nbformat.validate(nb)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a reason, not a crash
-        return give_up(f"not a valid Jupyter notebook: {type(exc).__name__}: {str(exc)[:300]}")
-
-    target = course.root / "submitted" / student / assignment
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    nbformat.write(nb, target / tasks[0].notebook)
-    ok, log = course.run(Autograde, assignment_id=assignment, student_id=student, force=True,
-                         create_student=True)
-    if not ok:
-        last = [line for line in log.strip().splitlines() if line.strip()][-1:] or ["unknown error"]
-        return give_up(f"autograding failed: {last[0][:300]}")
-
-    scores: dict[str, tuple[float, float]] = {}
-    with Gradebook(course.config.CourseDirectory.db_url) as gb:
-        submission = gb.find_submission(assignment, student)
-        for snb in submission.notebooks:
-            for grade in snb.grades:
-                scores[grade.name] = (float(grade.score or 0.0), float(grade.max_score or 0.0))
-
-    reasons: dict[str, str] = {}
-    for nb_name in {t.notebook for t in tasks}:
-        graded = nbformat.read(course.root / "autograded" / student / assignment / nb_name, as_version=4)
-        for cell in graded.cells:
-            meta = cell.metadata.get("nbgrader", {})
-            if meta.get("grade") and cell.cell_type == "code":
-                reasons[meta["grade_id"]] = error_summary(cell) or ""
-
-    rows = []
-    for t in tasks:
-        score, max_score = scores.get(t.name, (0.0, t.points))
-        if t.name not in scores:
-            reason = "graded cell missing from the submission"
-        elif score >= max_score:
-            reason = "passed"
-        else:
-            reason = reasons.get(t.name) or "no error reported, but the cell did not pass"
-        rows.append(TaskResult(student, assignment, t.name, score, max_score, reason))
-
-    ok, log = course.run(GenerateFeedback, assignment_id=assignment, student_id=student, force=True)
-    rendered = course.root / "feedback" / student / assignment / tasks[0].notebook.replace(".ipynb", ".html")
-    fragment = summary_table(student, assignment, rows)
-    if ok and rendered.is_file():
-        page.write_text(insert_summary(rendered.read_text(encoding="utf-8"), fragment), encoding="utf-8")
+    source, student = job["source"], job["student"]
+    if job["path"] is None:
+        graded = zero(source, f"no submission found (expected {source.notebook})")
     else:
-        page.write_text(standalone_page(student, assignment, rows, "The notebook could not be rendered."),
-                        encoding="utf-8")
-    return rows
+        try:
+            raw = Path(job["path"]).read_bytes()
+        except OSError as exc:
+            graded = zero(source, f"the submission could not be read: {exc}")
+        else:
+            graded = grade_notebook(source, raw, limits=job["limits"], worker=_WORKER["index"], hide=job["hide"])
+    rows = [TaskResult(student, source.assignment, s.task, s.score, s.max_score, s.reason) for s in graded.scores]
+    try:
+        page = feedback_page(student, source.assignment, rows, graded.notes, graded.notebook)
+    except Exception as exc:  # noqa: BLE001 - a page that cannot render is not a lost grade
+        page = feedback_page(student, source.assignment, rows, graded.notes + [f"(notebook not shown: {exc})"], None)
+    return {"student": student, "digest": job["digest"], "page": page, "seconds": graded.seconds,
+            "result": {"scores": [asdict(s) for s in graded.scores], "notes": graded.notes}}
 
 
-def write_csv(rows: list[TaskResult], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for r in rows:
-            writer.writerow([r.student, r.assignment, r.task, f"{r.score:g}", f"{r.max_score:g}", r.reason])
+def _digest(path: Path | None, source_digest: str) -> str:
+    h = hashlib.sha256(f"{GRADER_VERSION}\0{source_digest}\0".encode())
+    h.update(path.read_bytes() if path is not None and path.is_file() else b"<missing>")
+    return h.hexdigest()
 
 
-def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOLUTIONS,
-                 show_progress: bool = True) -> list[TaskResult]:
-    """Grade every submission in ``folder``; write ``out/grades.csv``, ``out/feedback/``, ``out/gradebook.db``."""
+def _rows(student: str, assignment: str, result: dict) -> list[TaskResult]:
+    return [TaskResult(student, assignment, s["task"], float(s["score"]), float(s["max_score"]), s["reason"])
+            for s in result["scores"]]
+
+
+# ----------------------------------------------------------------------------- the batch
+
+def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOLUTIONS, workers: int | None = None,
+                 db_url: str | None = None, limits: Limits | None = None, resume: bool = True,
+                 show_progress: bool = True, warn=print) -> list[TaskResult]:
+    """Grade every submission in ``folder``; write ``out/grades.csv``, ``summary.*``, ``feedback/``.
+
+    ``db_url`` defaults to ``sqlite:///OUT/gradebook.db``. With ``resume``, a submission whose file
+    is unchanged since the gradebook last recorded it is not graded again.
+    """
+    from autograder.gradebook import GradebookWriter
+    from autograder.runner import AssignmentSource
     from llmcourse.progress import progress
 
-    warnings.filterwarnings("ignore", module="nbgrader.*")  # SQLAlchemy session notes from nbgrader
+    warnings.filterwarnings("ignore", module="nbgrader.*")
     check_assignment(assignment, source)
     tasks = tasks_of(assignment, source)
     if not tasks:
         raise ValueError(f"assignment {assignment!r} has no graded cells")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    workers = workers or os.cpu_count() or 1
+    limits = limits or Limits()
+    notebook = notebook_names(assignment, source)[0]
     submissions = find_submissions(Path(folder), assignment, notebook_names(assignment, source))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    course = Course.create([assignment], source=source)
-    rows: list[TaskResult] = []
+    out = Path(out).resolve()
+    (out / "feedback").mkdir(parents=True, exist_ok=True)
+    db_url = db_url or f"sqlite:///{out / 'gradebook.db'}"
+    for line in isolation().warnings(limits):
+        warn(f"warning: {line}")
+
+    course = Course.create([assignment], source=source, db_url=db_url)
     try:
-        course.generate(assignment)
-        for student, path in progress(list(submissions.items()), desc=f"grading {assignment}",
-                                      disable=not show_progress):
-            try:
-                rows += grade_submission(course, assignment, student, path, tasks, out / "feedback")
-            except Exception as exc:  # noqa: BLE001 - the batch goes on, whatever happens
-                rows += _zeros(student, assignment, tasks, f"grader error: {type(exc).__name__}: {exc}")
-        write_csv(rows, out / "grades.csv")
-        shutil.copyfile(course.root / "gradebook.db", out / "gradebook.db")
+        release = course.generate(assignment)
+        src = AssignmentSource.load(assignment, course.root / "source" / assignment / notebook, release / notebook)
+        source_digest = hashlib.sha256((source / assignment / notebook).read_bytes()).hexdigest()
+        writer = GradebookWriter(db_url, assignment, notebook)
+        hide = sorted({str(out), str(Path(folder).resolve()), str(course.root), str(Path(source).resolve())})
+        try:
+            previous = writer.previous() if resume else {}
+            results: dict[str, list[TaskResult]] = {}
+            jobs = []
+            for student, path in submissions.items():
+                digest = _digest(path, source_digest)
+                old = previous.get(student)
+                if old and old[0] == digest and (out / "feedback" / f"{student}.html").is_file():
+                    results[student] = _rows(student, assignment, old[1])
+                    continue
+                jobs.append({"source": src, "student": student, "path": str(path) if path else None,
+                             "digest": digest, "limits": limits, "hide": hide})
+            bar = progress(total=len(jobs), desc=f"grading {assignment}", disable=not show_progress)
+            for done in _run_jobs(jobs, workers):
+                writer.write(done["student"], done["digest"], done["result"])
+                (out / "feedback" / f"{done['student']}.html").write_text(done["page"], encoding="utf-8")
+                results[done["student"]] = _rows(done["student"], assignment, done["result"])
+                bar.update(1)
+            bar.close()
+        finally:
+            writer.close()
     finally:
         course.cleanup()
+    rows = [r for student in sorted(results) for r in results[student]]
+    write_csv(rows, out / "grades.csv")
+    write_summary(summarize(assignment, rows), out)
     return rows
+
+
+def _run_jobs(jobs: list[dict], workers: int):
+    """Yield each job's result as it finishes; a worker that dies is replaced, its job retried once."""
+    pending = {j["student"]: j for j in jobs}
+    attempts: dict[str, int] = {}
+    ctx = multiprocessing.get_context("spawn")
+    while pending:
+        indices = ctx.Queue()
+        for i in range(workers):
+            indices.put(i)
+        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
+                                 initializer=_init_worker, initargs=(indices,)) as pool:
+            futures = {pool.submit(_grade_job, job): student for student, job in pending.items()}
+            broken = False
+            while futures and not broken:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    student = futures.pop(fut)
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        attempts[student] = attempts.get(student, 0) + 1
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - a grader bug is one student's reason
+                        result = _failed(pending[student], f"grader error: {type(exc).__name__}: {exc}")
+                    pending.pop(student, None)
+                    yield result
+        for student in list(pending):
+            if attempts.get(student, 0) >= 2:
+                yield _failed(pending.pop(student), "grader error: the grading worker died twice on this submission")
+
+
+def _failed(job: dict, reason: str) -> dict:
+    from autograder.runner import zero
+
+    graded = zero(job["source"], reason)
+    rows = [TaskResult(job["student"], job["source"].assignment, s.task, s.score, s.max_score, s.reason)
+            for s in graded.scores]
+    return {"student": job["student"], "digest": job["digest"], "seconds": 0.0,
+            "page": feedback_page(job["student"], job["source"].assignment, rows, graded.notes, None),
+            "result": {"scores": [asdict(s) for s in graded.scores], "notes": graded.notes}}
