@@ -296,6 +296,7 @@ def grade_notebook(source: AssignmentSource, raw: bytes, *, limits: Limits | Non
 
     run = _Run(limits, worker, hide or [], submission)
     scores: list[TaskScore] = []
+    stopped: list[str] = []  # cells that ended a sandbox: they are not replayed
     try:
         for i, (sc, code) in enumerate(plan):
             if sc.kind == "markdown":
@@ -304,6 +305,10 @@ def grade_notebook(source: AssignmentSource, raw: bytes, *, limits: Limits | Non
             label = sc.grade_id or f"added-{i}"
             if sc.kind != "test":
                 reply = run.execute(label, code)
+                if reply.get("gone"):
+                    stopped.append(f"cell {label} stopped the sandbox ({reply['error']['message']}), so "
+                                   f"nothing it defined exists")
+                    notes.append(stopped[-1])
                 feedback.cells.append(_code_cell(code, reply, sc))
                 continue
             visible, hidden = _split_test(code)
@@ -321,6 +326,8 @@ def grade_notebook(source: AssignmentSource, raw: bytes, *, limits: Limits | Non
                     if isinstance(exc, (KeyboardInterrupt,)):
                         raise
                     reason = _reason(exc)
+            if reason and stopped:
+                reason += f" [earlier, {stopped[-1]}]"
             score = 0.0 if reason else sc.points
             scores.append(TaskScore(sc.grade_id, score, sc.points, reason or "passed"))
             feedback.cells.append(_test_cell(visible, reply, scores[-1], sc))
