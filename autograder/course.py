@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO / "solutions"
 EXERCISES = REPO / "exercises"
 CONFIG_FILE = Path(__file__).resolve().parent / "nbgrader_config.py"
+#: nbgrader's course id; it must name a row of the gradebook's course table (PostgreSQL checks that)
+COURSE_ID = "llmcourse"
 
 
 def prepare_environment() -> None:
@@ -69,6 +71,7 @@ def load_config(root: Path, db_url: str | None = None) -> Config:
     """
     cfg = PyFileConfigLoader(CONFIG_FILE.name, path=str(CONFIG_FILE.parent)).load_config()
     cfg.CourseDirectory.root = str(root)
+    cfg.CourseDirectory.course_id = COURSE_ID
     cfg.CourseDirectory.source_directory = "source"
     cfg.CourseDirectory.release_directory = "release"
     cfg.CourseDirectory.db_url = db_url or f"sqlite:///{root / 'gradebook.db'}"

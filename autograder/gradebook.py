@@ -34,7 +34,9 @@ class GradebookWriter:
     def __init__(self, db_url: str, assignment: str, notebook: str):
         from nbgrader.api import Gradebook
 
-        self.gb = Gradebook(db_url)
+        from autograder.course import COURSE_ID
+
+        self.gb = Gradebook(db_url, course_id=COURSE_ID)
         self.assignment, self.notebook = assignment, notebook.removesuffix(".ipynb")
         _META.create_all(self.gb.engine)
         nb = self.gb.find_notebook(self.notebook, assignment)

@@ -140,6 +140,7 @@ class Server:
         self.namespace = {"__name__": "__main__", "__builtins__": builtins}
         self.handles: dict[int, object] = {}
         self.cells = 0
+        self.torch_seeded = False
 
     # -- helpers
     def keep(self, obj) -> int:
@@ -254,7 +255,12 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - reported to the grader, which stops
         wire.send(reply_fd, {"ok": False, "error": _describe(exc), "fatal": True})
         return 1
-    import numpy  # noqa: F401 - preload what every exercise uses
+    import random
+
+    import numpy
+
+    random.seed(0)  # the same submission gives the same answers every time it is graded
+    numpy.random.seed(0)
     os.set_inheritable(reply_fd, False)
     server = Server()
     wire.send(reply_fd, {"ok": True, "ready": True, "pid": os.getpid(), "uid": os.getuid()})
@@ -265,6 +271,9 @@ def main(argv: list[str]) -> int:
         except EOFError:
             return 0
         reply = server.handle(req)
+        if "torch" in sys.modules and not server.torch_seeded:
+            sys.modules["torch"].manual_seed(0)
+            server.torch_seeded = True
         try:
             wire.send(reply_fd, reply)
         except (TypeError, ValueError) as exc:

@@ -79,7 +79,7 @@ def encode(value, *, handle=None, depth: int = 0):
 def _encode_array(arr: np.ndarray) -> dict:
     if arr.dtype.name not in DTYPES:
         raise Unencodable(f"arrays of dtype {arr.dtype} cannot be sent")
-    arr = np.ascontiguousarray(arr)
+    arr = arr if arr.flags.c_contiguous else arr.copy(order="C")
     return {"__nd__": arr.dtype.name, "shape": list(arr.shape),
             "data": base64.b64encode(arr.tobytes()).decode("ascii")}
 
