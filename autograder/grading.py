@@ -97,9 +97,20 @@ def find_submissions(folder: Path, assignment: str, notebooks: list[str]) -> dic
 _WORKER = {"index": 0}
 
 
-def _init_worker(indices) -> None:
+def _init_worker(indices, preload: list[str]) -> None:
+    """Take a worker number (it picks the sandbox's user id) and import what grading needs."""
+    import importlib
+
     warnings.filterwarnings("ignore")
     _WORKER["index"] = indices.get()
+    for module in ["autograder.runner", "autograder.reports", "nbgrader.utils", *preload]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    from autograder.reports import _exporter
+
+    _exporter()
 
 
 def _grade_job(job: dict) -> dict:
@@ -123,6 +134,14 @@ def _grade_job(job: dict) -> dict:
         page = feedback_page(student, source.assignment, rows, graded.notes + [f"(notebook not shown: {exc})"], None)
     return {"student": student, "digest": job["digest"], "page": page, "seconds": graded.seconds,
             "result": {"scores": [asdict(s) for s in graded.scores], "notes": graded.notes}}
+
+
+def _check_modules(notebook: Path) -> list[str]:
+    """The ``autograder.checks`` modules an assignment's hidden tests import (workers preload them)."""
+    import re
+
+    text = notebook.read_text(encoding="utf-8")
+    return sorted(set(re.findall(r"from (autograder\.checks\.\w+) import", text)))
 
 
 def _digest(path: Path | None, source_digest: str) -> str:
@@ -167,6 +186,8 @@ def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOL
     for line in isolation().warnings(limits):
         warn(f"warning: {line}")
 
+    preload = sorted({m for m in _check_modules(source / assignment / notebook)})
+    pool = _pool(min(workers, max(len(submissions), 1)), preload)
     course = Course.create([assignment], source=source, db_url=db_url)
     try:
         release = course.generate(assignment)
@@ -187,7 +208,7 @@ def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOL
                 jobs.append({"source": src, "student": student, "path": str(path) if path else None,
                              "digest": digest, "limits": limits, "hide": hide})
             bar = progress(total=len(jobs), desc=f"grading {assignment}", disable=not show_progress)
-            for done in _run_jobs(jobs, workers):
+            for done in _run_jobs(jobs, workers, preload, pool):
                 writer.write(done["student"], done["digest"], done["result"])
                 (out / "feedback" / f"{done['student']}.html").write_text(done["page"], encoding="utf-8")
                 results[done["student"]] = _rows(done["student"], assignment, done["result"])
@@ -196,6 +217,7 @@ def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOL
         finally:
             writer.close()
     finally:
+        pool.shutdown(cancel_futures=True)
         course.cleanup()
     rows = [r for student in sorted(results) for r in results[student]]
     write_csv(rows, out / "grades.csv")
@@ -203,17 +225,26 @@ def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOL
     return rows
 
 
-def _run_jobs(jobs: list[dict], workers: int):
+def _pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
+    """Worker processes, started at once so their imports overlap with the batch's set-up."""
+    ctx = multiprocessing.get_context("spawn")
+    indices = ctx.Queue()
+    for i in range(workers):
+        indices.put(i)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(indices, preload))
+    for _ in range(workers):  # spawn them all now, not at the first submit
+        pool.submit(int)
+    return pool
+
+
+def _run_jobs(jobs: list[dict], workers: int, preload: list[str], first_pool: ProcessPoolExecutor | None = None):
     """Yield each job's result as it finishes; a worker that dies is replaced, its job retried once."""
     pending = {j["student"]: j for j in jobs}
     attempts: dict[str, int] = {}
-    ctx = multiprocessing.get_context("spawn")
     while pending:
-        indices = ctx.Queue()
-        for i in range(workers):
-            indices.put(i)
-        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(indices,)) as pool:
+        pool, first_pool = first_pool or _pool(min(workers, len(pending)), preload), None
+        with pool:
             futures = {pool.submit(_grade_job, job): student for student, job in pending.items()}
             broken = False
             while futures and not broken:

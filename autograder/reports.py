@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import json
 import statistics
@@ -84,8 +85,13 @@ def feedback_page(student: str, assignment: str, rows, notes: list[str], noteboo
                      + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul></section>")
     if notebook is None:
         return standalone_page(student, assignment, rows, "; ".join(notes) or "No notebook to show.")
+    body, _ = _exporter().from_notebook_node(notebook)
+    return insert_summary(body, fragment)
+
+
+@functools.lru_cache(maxsize=1)
+def _exporter():
+    """One HTML exporter per process: loading its templates is the slow part."""
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="classic")
-    body, _ = exporter.from_notebook_node(notebook)
-    return insert_summary(body, fragment)
+    return HTMLExporter(template_name="classic")

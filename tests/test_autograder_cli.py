@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib
 import re
@@ -14,6 +15,7 @@ import pytest
 from autograder.__main__ import main
 from autograder.course import EXERCISES, SOLUTIONS, assignments, notebook_names, release
 from autograder.grading import CSV_COLUMNS, find_submissions, tasks_of
+from autograder.runner import _free_names
 
 ASSIGNMENTS = assignments()
 
@@ -212,6 +214,15 @@ def test_source_notebook_has_the_exercise_shape(assignment):
         assert meta["grade_id"].startswith(assignment[:5]) and meta.get("points", 0) > 0, meta["grade_id"]
         assert cell.source.startswith('"""'), f"{meta['grade_id']} must open with a one-line docstring"
         assert "### BEGIN HIDDEN TESTS" in cell.source and "check_" in cell.source.split("### BEGIN HIDDEN TESTS")[1]
+    defined = set()
+    for cell in answers:
+        defined |= {n.name for n in ast.parse(cell.source.replace("### BEGIN SOLUTION", "").replace(
+            "### END SOLUTION", "")).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    for cell in graded:
+        hidden = cell.source.split("### BEGIN HIDDEN TESTS")[1].replace("### END HIDDEN TESTS", "")
+        free = _free_names(hidden)
+        assert free <= defined, (f"{cell.metadata['nbgrader']['grade_id']}: the hidden tests run in the grader "
+                                 f"and may only use names the answer cells define, not {sorted(free - defined)}")
     for cell in answers:
         head = cell.source.split("### BEGIN SOLUTION")[0]
-        assert head.startswith("def ") and '"""' in head, "signature and docstring must sit outside the solution"
+        assert head.startswith(("def ", "class ")) and '"""' in head, "signature and docstring must sit outside the solution"
