@@ -215,3 +215,20 @@ def test_sandbox_is_isolated_where_the_kernel_allows_it(session):
     if iso.drop_user:
         uid = run(session, "import os\nprint(os.getuid())")["output"].strip()
         assert int(uid) != 0 and int(uid) != os.getuid()
+
+
+def test_limits_refuse_nonsense_values():
+    with pytest.raises(ValueError, match="cell_seconds"):
+        Limits(cell_seconds=0)
+    with pytest.raises(ValueError, match="memory_mb"):
+        Limits(memory_mb=-1)
+
+
+def test_isolation_says_clearly_what_it_cannot_enforce():
+    from autograder.limits import Isolation
+
+    nothing = Isolation(namespaces=False, user_namespace=False, drop_user=False, reason="no unshare")
+    lines = nothing.warnings(Limits())
+    assert any("network" in line and "no unshare" in line for line in lines)
+    assert any("own user" in line for line in lines)
+    assert Isolation(True, False, True).warnings(Limits()) == []
