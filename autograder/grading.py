@@ -238,32 +238,51 @@ def _pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
     return pool
 
 
-def _run_jobs(jobs: list[dict], workers: int, preload: list[str], first_pool: ProcessPoolExecutor | None = None):
-    """Yield each job's result as it finishes; a worker that dies is replaced, its job retried once."""
+def _run_jobs(jobs: list[dict], workers: int, preload: list[str], first_pool: ProcessPoolExecutor | None = None,
+              fn=None):
+    """Yield each job's result as it finishes; a worker that dies is replaced and the batch goes on.
+
+    When a worker dies, the jobs that were running in the pool are suspects: each is retried
+    alone in a fresh one-worker pool, so only the job that kills its worker again is given up.
+    """
+    fn = fn or _grade_job
     pending = {j["student"]: j for j in jobs}
-    attempts: dict[str, int] = {}
+    suspects: list[str] = []
     while pending:
+        for student in suspects:  # one at a time, so a second death names the culprit
+            with _pool(1, preload) as pool:
+                try:
+                    result = pool.submit(fn, pending[student]).result()
+                except BrokenProcessPool:
+                    result = _failed(pending[student], "grader error: the grading worker died twice on "
+                                                       "this submission")
+                except Exception as exc:  # noqa: BLE001 - a grader bug is one student's reason
+                    result = _failed(pending[student], f"grader error: {type(exc).__name__}: {exc}")
+            pending.pop(student)
+            yield result
+        suspects = []
+        if not pending:
+            break
         pool, first_pool = first_pool or _pool(min(workers, len(pending)), preload), None
         with pool:
-            futures = {pool.submit(_grade_job, job): student for student, job in pending.items()}
-            broken = False
-            while futures and not broken:
+            futures = {pool.submit(fn, job): student for student, job in pending.items()}
+            while futures:
                 done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                broken = False
                 for fut in done:
                     student = futures.pop(fut)
                     try:
                         result = fut.result()
                     except BrokenProcessPool:
                         broken = True
-                        attempts[student] = attempts.get(student, 0) + 1
+                        suspects.append(student)
                         continue
                     except Exception as exc:  # noqa: BLE001 - a grader bug is one student's reason
                         result = _failed(pending[student], f"grader error: {type(exc).__name__}: {exc}")
-                    pending.pop(student, None)
+                    pending.pop(student)
                     yield result
-        for student in list(pending):
-            if attempts.get(student, 0) >= 2:
-                yield _failed(pending.pop(student), "grader error: the grading worker died twice on this submission")
+                if broken:
+                    break
 
 
 def _failed(job: dict, reason: str) -> dict:

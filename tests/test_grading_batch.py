@@ -16,6 +16,7 @@ import nbformat
 import pytest
 
 from autograder.__main__ import main
+from autograder.course import SOLUTIONS
 from autograder.gradebook import GradebookWriter
 from tests.test_grading_attacks import NB, SOLVED, TASKS, WRONG_PREDICT, A, notebook
 
@@ -144,3 +145,22 @@ def test_parallel_batch_into_postgresql_loses_no_rows(postgres, tmp_path):
     assert len(stored) == 6 * len(TASKS) and set(recorded) == {r["student"] for r in rows}
     assert not (tmp_path / "out" / "gradebook.db").exists(), "with --db the SQLite file must not be made"
     assert SOLVED  # the honest answers came from the solution notebook
+
+
+def dies_for_mallory(job: dict) -> dict:
+    """A stand-in grading job whose worker process dies on one student (as a grader bug might)."""
+    if job["student"] == "mallory":
+        os._exit(1)
+    return {"student": job["student"], "ok": True}
+
+
+def test_a_dying_worker_is_replaced_and_the_batch_goes_on():
+    from autograder.grading import _run_jobs
+    from autograder.runner import AssignmentSource
+
+    source = AssignmentSource.load(A, Path(SOLUTIONS) / A / NB)
+    jobs = [{"student": s, "source": source, "digest": "d"} for s in ("alice", "mallory", "bob", "carol")]
+    results = {r["student"]: r for r in _run_jobs(jobs, 2, [], fn=dies_for_mallory)}
+    assert set(results) == {"alice", "mallory", "bob", "carol"}
+    assert all(results[s].get("ok") for s in ("alice", "bob", "carol"))
+    assert "worker died twice" in results["mallory"]["result"]["scores"][0]["reason"]
