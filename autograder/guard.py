@@ -220,10 +220,12 @@ def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
                     hit.append(f"{name} ({frame.f_code.co_name} in {os.path.basename(filename)})")
                     raise ForbiddenCall(f"{task}: your code called {hit[0]} while it ran - this task "
                                         f"asks you to write it yourself")
-        elif event == "c_call" and id(arg) in forbidden_ids:
-            hit.append(_name(arg))
-            raise ForbiddenCall(f"{task}: your code called {hit[0]} while it ran - this task asks "
-                                f"you to write it yourself")
+        elif event == "c_call":
+            module = _in_modules(_c_module(arg), modules)
+            if id(arg) in forbidden_ids or module:
+                hit.append(_name(arg) if id(arg) in forbidden_ids else f"{module} ({_name(arg)})")
+                raise ForbiddenCall(f"{task}: your code called {hit[0]} while it ran - this task asks "
+                                    f"you to write it yourself")
 
     previous = sys.getprofile()
     sys.setprofile(watch)
@@ -235,6 +237,15 @@ def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
         raise ForbiddenCall(f"{task}: your code called {hit[0]} while it ran - this task asks you to "
                             f"write it yourself")
     return result
+
+
+def _c_module(fn) -> str | None:
+    """The module a built-in function or method belongs to (``torch`` for ``torch.tanh``)."""
+    module = getattr(fn, "__module__", None)
+    if module:
+        return module
+    owner = getattr(fn, "__self__", None)
+    return type(owner).__module__ if owner is not None and not isinstance(owner, types.ModuleType) else None
 
 
 def _name(obj) -> str:

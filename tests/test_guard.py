@@ -85,3 +85,12 @@ def test_guard_passes_through_the_student_exception():
 
     with pytest.raises(ZeroDivisionError):
         call_guarded(broken, X, Y, task="fit", modules=["sklearn"])
+
+
+def test_guard_run_time_watch_catches_c_functions_of_a_forbidden_module():
+    """torch.tanh is C code: no Python frame, so the watch reads the module the built-in belongs to."""
+    namespace = {"torch": torch}
+    exec("def hidden(x):\n    return float(torch.tanh(torch.tensor(x)))\n", namespace)  # no source to read
+    with pytest.raises(ForbiddenCall, match=r"called torch \(.*tanh\)"):
+        call_guarded(namespace["hidden"], 0.5, task="t", modules=("torch",))
+    assert call_guarded(namespace["hidden"], 0.5, task="t", modules=("sklearn",)) == pytest.approx(np.tanh(0.5))
