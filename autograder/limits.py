@@ -96,7 +96,7 @@ def isolation() -> Isolation:
 
 
 def _unshare_flags(user_ns: bool) -> list[str]:
-    flags = ["--net", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private"]
+    flags = ["--net", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private", "--mount-proc"]
     return (["--user", "--map-root-user"] + flags) if user_ns else flags
 
 

@@ -203,6 +203,7 @@ def test_sandbox_is_isolated_where_the_kernel_allows_it(session):
                          "print(os.listdir(%r))\n"
                          "print(os.getppid())\n"
                          "print(os.getcwd())\n"
+                         "print([p for p in os.listdir('/proc') if p.isdigit()])\n"
                          "try:\n    socket.create_connection(('127.0.0.1', 22), timeout=2)\n"
                          "except OSError as e:\n    print('network:', type(e).__name__)\n"
                          % str(REPO / "solutions"))
@@ -211,7 +212,8 @@ def test_sandbox_is_isolated_where_the_kernel_allows_it(session):
     assert lines[0] == "[]", "the solutions folder must look empty from the sandbox"
     assert lines[1] == "0", "the sandbox must not see its parent process"
     assert lines[2] == "/tmp/work"
-    assert lines[3].startswith("network:")
+    assert lines[3] == "['1']", "the sandbox must see no other process in /proc"
+    assert lines[4].startswith("network:")
     if iso.drop_user:
         uid = run(session, "import os\nprint(os.getuid())")["output"].strip()
         assert int(uid) != 0 and int(uid) != os.getuid()
