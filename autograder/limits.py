@@ -72,8 +72,10 @@ class Isolation:
                        f"{'(allowed anyway)' if limits.network else ''}, see other processes and read "
                        f"files the grader's user can read".replace("  ", " "))
         if not self.drop_user:
-            out.append("the grader is not root, so student code runs as the grader's own user"
-                       + (" (inside a user namespace)" if self.namespaces else ""))
+            out.append("student code runs as the grader's own user"
+                       + (" (inside a user namespace, so it sees only its own tmpfs)" if self.namespaces else
+                          ", so it could write any file the grader can (run as root, or where user "
+                          "namespaces are allowed, to prevent this)"))
         return out
 
 
