@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write  # noqa: E402
-
 import nbformat  # noqa: E402
+from common import write  # noqa: E402
 
 from autograder.course import EXERCISES, SOLUTIONS, Course, notebook_names  # noqa: E402
 from autograder.grading import grade_folder  # noqa: E402
