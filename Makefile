@@ -49,6 +49,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_book.py
 	$(PY) benchmarks/bench_grading.py
+	$(PY) benchmarks/bench_batch.py
 
 clean:
 	rm -rf _build
