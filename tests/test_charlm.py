@@ -12,15 +12,6 @@ from llmcourse import charlm
 pytestmark = pytest.mark.ch05
 
 
-@pytest.fixture
-def one_thread():
-    """Small sequential models: one thread is as fast, and far faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_vocab_roundtrip_known_answer():
     v = charlm.CharVocab("hello")
     assert v.chars == ["e", "h", "l", "o"]

@@ -11,14 +11,6 @@ from llmcourse import rnn
 pytestmark = pytest.mark.ch05
 
 
-@pytest.fixture
-def one_thread():
-    """Small sequential models: one thread is as fast, and far faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 CELLS = [(rnn.RNNCell, nn.RNNCell), (rnn.LSTMCell, nn.LSTMCell), (rnn.GRUCell, nn.GRUCell)]
 LAYERS = [(rnn.RNNCell, nn.RNN), (rnn.LSTMCell, nn.LSTM), (rnn.GRUCell, nn.GRU)]
 

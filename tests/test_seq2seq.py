@@ -10,15 +10,6 @@ from llmcourse import seq2seq
 pytestmark = pytest.mark.ch05
 
 
-@pytest.fixture
-def one_thread():
-    """Small sequential models: one thread is as fast, and far faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_encode_decode_roundtrip():
     ids = seq2seq.encode_digits(["012", "987"])
     assert ids.tolist() == [[3, 4, 5], [12, 11, 10]]
