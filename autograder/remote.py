@@ -54,6 +54,7 @@ class Sandbox:
     limits: Limits
     hide: list[str] = field(default_factory=list)
     worker: int = 0
+    keep: list[str] = field(default_factory=list)  # more paths the sandbox must see (tests)
     iso: Isolation | None = None
     proc: subprocess.Popen | None = field(default=None, init=False)
     deadline: float = field(default=0.0, init=False)
@@ -64,12 +65,14 @@ class Sandbox:
         config = {"hide": self.hide if self.iso.namespaces else [], "mounts": self.iso.namespaces}
         self.uid = SANDBOX_UID_BASE + self.worker if self.iso.drop_user else None
         if self.uid is not None:
+            config["uid"] = self.uid
+        if self.iso.namespaces:
             import sys
 
             from autograder.course import REPO
 
-            config["uid"] = self.uid
-            config["expose"] = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, str(REPO))})
+            config["keep"] = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, str(REPO),
+                                                                   *self.keep)})
         self._workdir = None
         if not self.iso.namespaces:
             self._workdir = tempfile.mkdtemp(prefix="llmcourse-sandbox-")

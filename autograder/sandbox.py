@@ -56,7 +56,7 @@ class _CappedText(io.TextIOBase):
 
 # ----------------------------------------------------------------------------- isolation
 
-MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 2, 4, 4096, 8192, 16384, 1 << 18
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 
 
 def _mount_tmpfs(libc, target: str, size: str, mode: str = "0755") -> None:
@@ -82,44 +82,43 @@ def _closed_ancestor(path: str) -> str | None:
     return None
 
 
-def _expose(libc, paths: list[str]) -> None:
-    """Make ``paths`` reachable for an unprivileged user when a parent (``/root``) is closed.
-
-    Each path is bind-mounted aside, an empty world-readable tmpfs covers the closed parent
-    (hiding the rest of it), and the path is moved back to where it was.
-    """
-    for path in paths:
-        closed = _closed_ancestor(path)
-        if closed is None:
-            continue
-        stage = f"/tmp/.expose-{abs(hash(path))}"
-        os.makedirs(stage, exist_ok=True)
-        _mount(libc, path.encode(), stage, None, MS_BIND | MS_REC, "bind")
-        if not os.path.ismount(closed) or os.stat(closed).st_mode & 0o005 != 0o005:
-            _mount_tmpfs(libc, closed, "1m")
-        os.makedirs(path, exist_ok=True)
-        _mount(libc, stage.encode(), path, None, MS_MOVE, "move")
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def isolate(config: dict) -> None:
-    """Hide paths, take a fresh working directory and drop root, as ``config`` asks."""
+    """Hide paths, take a fresh working directory and drop root, as ``config`` asks.
+
+    With mounts: empty tmpfs mounts cover ``/tmp``, ``/var/tmp``, ``/dev/shm`` and (when the
+    sandbox gives up root) any closed directory above Python (``/root``); the paths the sandbox
+    needs (``keep``: Python, the course) are bind-mounted back from file descriptors opened
+    before, wherever they were; then the ``hide`` paths (gradebook, sources, submissions) are
+    covered, even inside what was kept.
+    """
     work = config.get("workdir")
+    uid = config.get("uid")
     if config.get("mounts"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
             raise OSError(ctypes.get_errno(), "could not make mounts private")
+        keep = [os.path.realpath(p) for p in config.get("keep", [])]
+        handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in keep if os.path.isdir(p)}
+        covered = [d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d)]
+        if uid is not None:  # a closed parent not already replaced by a fresh tmpfs
+            covered += sorted({c for c in map(_closed_ancestor, keep)
+                               if c and not any(_under(c, d) for d in covered)})
+        for d in covered:
+            _mount_tmpfs(libc, d, config.get("tmp_size", "256m") if d == "/tmp" else "64m", "1777")
+        for path, fd in handles.items():
+            if any(_under(path, d) for d in covered):
+                os.makedirs(path, exist_ok=True)
+                _mount(libc, f"/proc/self/fd/{fd}".encode(), path, None, MS_BIND | MS_REC, "bind")
+            os.close(fd)
         for path in config.get("hide", []):
             if os.path.isdir(path):
                 _mount_tmpfs(libc, path, "1m")
-        _mount_tmpfs(libc, "/tmp", config.get("tmp_size", "256m"), "1777")
-        if config.get("uid") is not None:
-            _expose(libc, config.get("expose", []))
-        for extra in ("/var/tmp", "/dev/shm"):
-            if os.path.isdir(extra):
-                _mount_tmpfs(libc, extra, "64m", "1777")
         work = "/tmp/work"
         os.makedirs(work, exist_ok=True)
-    uid = config.get("uid")
     if uid is not None:
         os.chown(work, uid, uid)
         os.setgroups([])

@@ -234,3 +234,28 @@ def test_isolation_says_clearly_what_it_cannot_enforce():
     assert any("network" in line and "no unshare" in line for line in lines)
     assert any("own user" in line for line in lines)
     assert Isolation(True, False, True).warnings(Limits()) == []
+
+
+@pytest.mark.sandbox
+def test_sandbox_still_sees_the_course_when_it_lives_under_tmp(tmp_path):
+    """A checkout in /tmp (as on some CI machines) stays visible although /tmp is replaced."""
+    if not isolation().namespaces:
+        pytest.skip(f"no namespaces on this machine ({isolation().reason})")
+    course = tmp_path / "checkout"
+    (course / "secret").mkdir(parents=True)
+    (course / "module.txt").write_text("visible")
+    (course / "secret" / "answers.txt").write_text("hidden")
+    (tmp_path / "elsewhere.txt").write_text("other")
+    sandbox = Sandbox(Limits(cell_seconds=10, notebook_seconds=30), hide=[str(course / "secret")],
+                      keep=[str(course)])
+    sandbox.start()
+    try:
+        reply = sandbox.request({"op": "exec", "code": (
+            "import os\n"
+            f"print(open({str(course / 'module.txt')!r}).read())\n"
+            f"print(os.listdir({str(course / 'secret')!r}))\n"
+            f"print(os.path.exists({str(tmp_path / 'elsewhere.txt')!r}))\n")})
+    finally:
+        sandbox.close()
+    assert reply["ok"], reply
+    assert reply["output"].split() == ["visible", "[]", "False"]
