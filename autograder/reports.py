@@ -49,8 +49,8 @@ def write_summary(summary: dict, out: Path) -> tuple[Path, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.ticker
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from llmcourse.plotting import COLORS, use_style
 
