@@ -42,3 +42,14 @@ def solution_namespace(path: Path) -> dict:
         if cell.cell_type == "code" and not cell.metadata.get("nbgrader", {}).get("grade"):
             run_cell(cell.source, namespace, f"<{path.name} cell {i}>")
     return namespace
+
+
+def assert_hidden_tests_call_checks(notebook, grade_ids: dict[str, tuple[str, str]]) -> None:
+    """Each graded cell's hidden part calls ``check_<task>(<function>)``, for ``grade_ids[id] = (task, function)``."""
+    graded = {c.metadata["nbgrader"]["grade_id"]: c for c in notebook.cells
+              if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
+    assert set(graded) == set(grade_ids), f"graded cells {sorted(graded)} != {sorted(grade_ids)}"
+    for grade_id, cell in graded.items():
+        task, fn = grade_ids[grade_id]
+        hidden = cell.source.split("### BEGIN HIDDEN TESTS")[1]
+        assert f"check_{task}({fn})" in hidden, f"{grade_id} does not call check_{task}({fn})"

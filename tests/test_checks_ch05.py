@@ -18,7 +18,12 @@ import torch
 from autograder.checks import ch05_rnn as checks
 from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, static_violations
-from tests.notebook_kernel import kernel, planted, solution_namespace
+from tests.notebook_kernel import (
+    assert_hidden_tests_call_checks,
+    kernel,
+    planted,
+    solution_namespace,
+)
 
 ASSIGNMENT = "ch05_rnn"
 # The mistake the nbgrader round trip in test_autograder_cli plants: (answer cell, wrong code).
@@ -58,13 +63,7 @@ def check_of(grade_id: str):
 # ----------------------------------------------------------------- the notebook itself
 
 def test_notebook_grade_ids_call_their_hidden_checks(notebook):
-    graded = {c.metadata["nbgrader"]["grade_id"]: c for c in notebook.cells
-              if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
-    assert set(graded) == set(GRADE_IDS), f"graded cells {sorted(graded)} != {sorted(GRADE_IDS)}"
-    for grade_id, cell in graded.items():
-        task, fn = GRADE_IDS[grade_id]
-        hidden = cell.source.split("### BEGIN HIDDEN TESTS")[1]
-        assert f"check_{task}({fn})" in hidden, f"{grade_id} does not call check_{task}({fn})"
+    assert_hidden_tests_call_checks(notebook, GRADE_IDS)
 
 
 @pytest.mark.parametrize("grade_id", list(GRADE_IDS))

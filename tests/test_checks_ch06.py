@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from autograder.checks import ch06_transformers as checks
 from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, static_violations
-from tests.notebook_kernel import kernel, planted, solution_namespace
+from tests.notebook_kernel import (
+    assert_hidden_tests_call_checks,
+    kernel,
+    planted,
+    solution_namespace,
+)
 
 ASSIGNMENT = "ch06_transformers"
 # The mistake the nbgrader round trip plants: heads split with a view but no transpose. No other
@@ -63,13 +68,7 @@ def solution() -> dict:
 
 
 def test_notebook_grade_ids_call_their_hidden_checks(notebook):
-    graded = {c.metadata["nbgrader"]["grade_id"]: c for c in notebook.cells
-              if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
-    assert set(graded) == set(GRADE_IDS), f"graded cells {sorted(graded)} != {sorted(GRADE_IDS)}"
-    for grade_id, cell in graded.items():
-        task, fn = GRADE_IDS[grade_id]
-        hidden = cell.source.split("### BEGIN HIDDEN TESTS")[1]
-        assert f"check_{task}({fn})" in hidden, f"{grade_id} does not call check_{task}({fn})"
+    assert_hidden_tests_call_checks(notebook, GRADE_IDS)
 
 
 @pytest.mark.parametrize("grade_id", list(GRADE_IDS))
