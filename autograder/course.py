@@ -129,15 +129,34 @@ class Course:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def sync_sources(names: list[str]) -> list[str]:
+    """Write the rule lines of ``TASKS`` into the source notebooks; return the notebooks changed."""
+    import nbformat
+
+    from autograder.spec import sync_rules
+
+    changed = []
+    for name in names:
+        for path in sorted((SOLUTIONS / name).glob("*.ipynb")):
+            nb = nbformat.read(path, as_version=4)
+            if sync_rules(nb, name):
+                nbformat.write(nb, path)
+                changed.append(str(path))
+    return changed
+
+
 def release(names: list[str] | None = None, dest: Path = EXERCISES, source: Path = SOLUTIONS) -> list[Path]:
     """Regenerate ``dest/<name>/`` from ``source/<name>/`` for each assignment (all when ``names`` is None).
 
     Returns the released folders. Anything in ``dest/<name>/`` that nbgrader did not produce is removed,
-    so the release is exactly a function of the sources.
+    so the release is exactly a function of the sources. First, each task's rule line in the source
+    notebook is rewritten from its checks module's ``TASKS`` (:func:`autograder.spec.sync_rules`).
     """
     names = list(names) if names else assignments(source)
     for name in names:
         check_assignment(name, source)
+    if Path(source) == SOLUTIONS:
+        sync_sources(names)
     course = Course.create(names, source=source)
     out = []
     try:

@@ -282,16 +282,30 @@ def student_failure(task: str, exc: BaseException, inputs: dict | None = None) -
     return CheckFailed(f"{task}: your function raised {type(exc).__name__}: {exc}{_where(inputs)}")
 
 
-def call_student(fn: Callable, *args, task: str, inputs: dict | None = None, modules: Iterable[str] = (),
+def _rules(task, modules, callables) -> tuple[str, tuple, tuple]:
+    """(task name, forbidden modules, forbidden callables) from a :class:`autograder.spec.Task` or a name."""
+    from autograder.spec import Task
+
+    if isinstance(task, Task):
+        if tuple(modules) or tuple(callables):
+            raise TypeError("give the forbidden modules and callables in the Task, not beside it")
+        return task.name, task.modules, task.callables
+    return task, tuple(modules), tuple(callables)
+
+
+def call_student(fn: Callable, *args, task, inputs: dict | None = None, modules: Iterable[str] = (),
                  callables: Iterable[Callable | str] = (), **kwargs):
     """Call the student's ``fn`` under the guard; anything it raises becomes a :class:`CheckFailed`.
 
     The message names ``task``, the exception and the ``inputs`` that triggered it, so a crash
-    in student code is feedback, never a crash of the check. When the grader runs the check in
+    in student code is feedback, never a crash of the check. ``task`` is the task's
+    :class:`autograder.spec.Task` (its name and the only modules and callables it forbids), or a
+    plain name with ``modules`` and ``callables`` given here. When the grader runs the check in
     its trusted process, ``fn`` is a handle on a function in the student's sandbox
     (:class:`autograder.remote.Remote`): the call, with the same guard, happens there and only
     data comes back.
     """
+    task, modules, callables = _rules(task, modules, callables)
     if getattr(fn, "__llmcourse_remote__", False):
         return fn.__llmcourse_remote_call__(args, kwargs, task=task, inputs=inputs, modules=tuple(modules),
                                            callables=tuple(callables))
@@ -303,7 +317,7 @@ def call_student(fn: Callable, *args, task: str, inputs: dict | None = None, mod
         raise student_failure(task, exc, inputs) from None
 
 
-def run_probe(probe: Callable, *args, task: str, inputs: dict | None = None, modules: Iterable[str] = (),
+def run_probe(probe: Callable, *args, task, inputs: dict | None = None, modules: Iterable[str] = (),
               callables: Iterable[Callable | str] = (), **kwargs):
     """Run a check's ``probe(*args, **kwargs)`` that drives student objects; return its plain-data result.
 
@@ -318,6 +332,7 @@ def run_probe(probe: Callable, *args, task: str, inputs: dict | None = None, mod
     The guard takes a static look at every student function or class among ``args`` and watches
     the whole probe while it runs; failures become :class:`CheckFailed` as in :func:`call_student`.
     """
+    task, modules, callables = _rules(task, modules, callables)
     if not (isinstance(probe, types.FunctionType) and probe.__module__.startswith("autograder.checks")
             and probe.__qualname__ == probe.__name__):
         raise TypeError(f"a probe must be a module-level function of autograder.checks, got {probe!r}")

@@ -7,11 +7,31 @@ on the functions they define.
 
 from __future__ import annotations
 
+import functools
 import linecache
 from pathlib import Path
 
 import nbformat
 import pytest
+
+
+SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
+
+
+def notebook_path(assignment: str) -> Path:
+    """The nbgrader source notebook of ``assignment``."""
+    return SOLUTIONS / assignment / f"{assignment}.ipynb"
+
+
+@functools.lru_cache(maxsize=None)
+def solution_of(assignment: str) -> dict:
+    """The reference solution's namespace for ``assignment`` (executed once per test session)."""
+    return solution_namespace(notebook_path(assignment))
+
+
+def correct(*fns):
+    """pytest params for correct implementations written differently from the solution, named after each."""
+    return [pytest.param(fn, id=fn.__name__) for fn in fns]
 
 
 def planted(*cases):

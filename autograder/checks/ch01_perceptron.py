@@ -37,14 +37,26 @@ from autograder.compare import (
     unpack,
 )
 from autograder.guard import call_student
+from autograder.spec import Task
 from llmcourse.tasks import make_linearly_separable, make_logic_gate
 
 FORBIDDEN = ("sklearn", "llmcourse.perceptron")
+PREDICT, FIT, CONVERGES = TASKS = (
+    Task("ch01_predict", "perceptron_predict(X, w, b)", 2, "`(N,)` labels in {0, 1}",
+         "`sklearn.linear_model.Perceptron.predict` with the same weights", modules=FORBIDDEN),
+    Task("ch01_fit", "perceptron_fit(X, y, *, lr=1.0, epochs=10)", 4,
+         "`(w, b, mistakes)`: weights `(d,)`, bias, updates per epoch",
+         "`sklearn.linear_model.Perceptron` (textbook settings), replayed sample by sample",
+         modules=FORBIDDEN),
+    Task("ch01_converges", "perceptron_converges(X, y, *, epochs=100)", 2,
+         "`True` iff some epoch makes no update", "the first mistake-free epoch of scikit-learn's run",
+         modules=FORBIDDEN),
+)
 
 
-def _call(fn, *args, task: str, inputs: dict, **kwargs):
-    """Call the student's function under the guard, with this chapter's forbidden modules."""
-    return call_student(fn, *args, task=task, inputs=inputs, modules=FORBIDDEN, **kwargs)
+def _call(fn, *args, task: Task, inputs: dict, **kwargs):
+    """Call the student's function under the guard, with the task's forbidden modules."""
+    return call_student(fn, *args, task=task, inputs=inputs, **kwargs)
 
 
 GATES = ("AND", "OR", "NAND", "NOR", "XOR", "XNOR")
@@ -185,22 +197,20 @@ def _converges_cases():
 
 def check_predict(student_fn) -> None:
     """perceptron_predict(X, w, b) -> (N,) labels in {0, 1}, 1 exactly when X @ w + b > 0."""
-    task = "perceptron_predict"
     for inputs, X, w, b in _predict_cases():
         want = reference_predict(X, w, b)
-        got = _call(student_fn, X.copy(), w.copy(), b, task=task, inputs=inputs)
+        got = _call(student_fn, X.copy(), w.copy(), b, task=PREDICT, inputs=inputs)
         got = _labels01(got, what="perceptron_predict labels", inputs=inputs)
         assert_equal(got, want, what="perceptron_predict labels (1 iff x.w + b > 0)", inputs=inputs)
 
 
 def check_fit(student_fn) -> None:
     """perceptron_fit(X, y, lr=, epochs=) -> (w, b, mistakes) equal to scikit-learn's Perceptron."""
-    task = "perceptron_fit"
     for inputs, X, y, lr, epochs in _fit_cases():
         w_want, b_want = reference_fit(X, y, lr, epochs)
         m_want = reference_mistakes(X, y, lr, epochs)
-        result = _call(student_fn, X.copy(), y.copy(), lr=lr, epochs=epochs, task=task, inputs=inputs)
-        w, b, mistakes = unpack(result, ("w", "b", "mistakes"), what=task, inputs=inputs)
+        result = _call(student_fn, X.copy(), y.copy(), lr=lr, epochs=epochs, task=FIT, inputs=inputs)
+        w, b, mistakes = unpack(result, ("w", "b", "mistakes"), what=FIT.name, inputs=inputs)
         assert_close(w, w_want, what="w (weights)", inputs=inputs, rtol=1e-9, atol=1e-9)
         b = assert_scalar(b, what="b (bias)", inputs=inputs)
         assert_close(b, b_want, what="b (bias)", inputs=inputs, rtol=1e-9, atol=1e-9)
@@ -210,11 +220,11 @@ def check_fit(student_fn) -> None:
 
 def check_converges(student_fn) -> None:
     """perceptron_converges(X, y, epochs=) -> True iff some epoch within `epochs` makes no mistake."""
-    task = "perceptron_converges"
+    task = CONVERGES.name
     for inputs, X, y, epochs in _converges_cases():
         first = reference_first_clean_epoch(X, y, epochs)
         want = first is not None
-        got = _call(student_fn, X.copy(), y.copy(), epochs=epochs, task=task, inputs=inputs)
+        got = _call(student_fn, X.copy(), y.copy(), epochs=epochs, task=CONVERGES, inputs=inputs)
         if got is None:
             fail(f"{task}{describe(inputs)}: your function returned None (is a `return` missing?)")
         if not isinstance(got, (bool, np.bool_)):
@@ -226,5 +236,5 @@ def check_converges(student_fn) -> None:
                  f"whether some epoch makes zero updates, not whether the final weights classify well)")
 
 
-__all__ = ["check_predict", "check_fit", "check_converges",
+__all__ = ["TASKS", "check_predict", "check_fit", "check_converges",
            "reference_predict", "reference_fit", "reference_mistakes", "reference_first_clean_epoch"]
