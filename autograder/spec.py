@@ -87,10 +87,11 @@ def tasks_of(assignment: str) -> tuple[Task, ...]:
 
 
 def assignments() -> list[str]:
-    """Every assignment that has a checks module."""
+    """Every assignment that has a checks module (``_name`` modules are shared helpers)."""
     import autograder.checks
 
-    return sorted(info.name for info in pkgutil.iter_modules(autograder.checks.__path__))
+    return sorted(info.name for info in pkgutil.iter_modules(autograder.checks.__path__)
+                  if not info.name.startswith("_"))
 
 
 def task_table(assignment: str) -> str:

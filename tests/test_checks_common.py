@@ -17,7 +17,7 @@ from autograder.compare import CheckFailed
 
 ALL_CHECKS = [
     fn
-    for info in pkgutil.iter_modules(autograder.checks.__path__)
+    for info in pkgutil.iter_modules(autograder.checks.__path__) if not info.name.startswith("_")
     for name, fn in inspect.getmembers(importlib.import_module(f"autograder.checks.{info.name}"),
                                        inspect.isfunction)
     if name.startswith("check_") and fn.__module__ == f"autograder.checks.{info.name}"
