@@ -8,7 +8,7 @@ and never like "assertion failed".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -49,18 +49,38 @@ def to_array(value, *, what: str, inputs: str | Mapping | None = None) -> np.nda
     return arr
 
 
+Hint = tuple[str, Callable[[], object]]
+
+
+def _first_hint(got_arr: np.ndarray, hints: Sequence[Hint], rtol: float, atol: float) -> str:
+    """The explanation of the first hint whose wrong answer ``got_arr`` reproduces, or ``""``."""
+    for explanation, wrong in hints:
+        try:
+            alt = wrong()
+            alt = np.asarray(alt.detach().cpu().numpy() if hasattr(alt, "detach") else alt, dtype=float)
+        except Exception:  # noqa: BLE001 - a hint that cannot be computed for this input is skipped
+            continue
+        if alt.shape == got_arr.shape and np.allclose(got_arr, alt, rtol=max(rtol, 1e-4), atol=max(atol, 1e-5)):
+            return f" - {explanation}"
+    return ""
+
+
 def assert_close(got, want, *, what: str, inputs: str | Mapping | None = None,
-                 rtol: float = 1e-5, atol: float = 1e-8) -> None:
+                 rtol: float = 1e-5, atol: float = 1e-8, hints: Sequence[Hint] = ()) -> None:
     """Check that ``got`` matches ``want`` elementwise within ``atol + rtol * |want|``.
 
     Shapes must match exactly (no broadcasting); NaN or infinity where the
-    reference is finite is reported as such.
+    reference is finite is reported as such. ``hints`` names common mistakes:
+    ``(explanation, wrong)`` pairs where ``wrong()`` computes what that mistake
+    returns; when the values differ and ``got`` equals a ``wrong()``, the message
+    ends with its explanation (only the hints are computed lazily, on failure).
     """
     where = describe(inputs)
     want_arr = np.asarray(want.detach().cpu().numpy() if hasattr(want, "detach") else want, dtype=float)
     got_arr = to_array(got, what=what, inputs=inputs).astype(float)
     if got_arr.shape != want_arr.shape:
-        fail(f"{what}{where}: shape {tuple(got_arr.shape)} but expected {tuple(want_arr.shape)}")
+        fail(f"{what}{where}: shape {tuple(got_arr.shape)} but expected {tuple(want_arr.shape)}"
+             + _first_hint(got_arr, hints, rtol, atol))
     bad_nonfinite = ~np.isfinite(got_arr) & np.isfinite(want_arr)
     if bad_nonfinite.any():
         idx = tuple(int(i) for i in np.argwhere(bad_nonfinite)[0])
@@ -75,7 +95,8 @@ def assert_close(got, want, *, what: str, inputs: str | Mapping | None = None,
         idx = np.unravel_index(int(np.argmax(diff - tol)), diff.shape)
         pos = f" at {list(int(i) for i in idx)}" if got_arr.ndim else ""
         fail(f"{what}{where}: max |got-want| {float(diff[idx]):.3g}{pos} "
-             f"(got {got_arr[idx]:.6g}, expected {want_arr[idx]:.6g}; tol atol={atol:g}, rtol={rtol:g})")
+             f"(got {got_arr[idx]:.6g}, expected {want_arr[idx]:.6g}; tol atol={atol:g}, rtol={rtol:g})"
+             + _first_hint(got_arr, hints, rtol, atol))
 
 
 def assert_equal(got, want, *, what: str, inputs: str | Mapping | None = None) -> None:
@@ -104,6 +125,20 @@ def assert_scalar(got, *, what: str, inputs: str | Mapping | None = None) -> flo
     if not np.isfinite(value):
         fail(f"{what}{where}: got {value}, expected a finite number")
     return value
+
+
+def probe_result(result, *, what: str, inputs: str | Mapping | None = None) -> dict:
+    """The dict a probe returned, after its one failure convention.
+
+    A probe (see :func:`autograder.guard.run_probe`) returns a dict of plain data; when it finds
+    the student's objects unusable it returns ``{"problem": "what is wrong"}`` instead, which
+    becomes a :class:`CheckFailed` naming ``what`` and ``inputs``.
+    """
+    if not isinstance(result, dict):
+        fail(f"{what}{describe(inputs)}: the check's probe returned {type(result).__name__}, not a dict")
+    if "problem" in result:
+        fail(f"{what}{describe(inputs)}: {result['problem']}")
+    return result
 
 
 def unpack(result, names: tuple[str, ...], *, what: str, inputs: str | Mapping | None = None):
