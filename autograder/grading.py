@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import shutil
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +31,8 @@ import nbformat
 
 from autograder.course import SOLUTIONS, Course, check_assignment, notebook_names
 from autograder.limits import Limits, isolation
+from autograder.secret import seeds_note
+from autograder.feedback import MATHJAX_FOLDER, mathjax_file
 from autograder.reports import CSV_COLUMNS, feedback_page, summarize, write_csv, write_summary
 
 __all__ = ["CSV_COLUMNS", "GRADER_VERSION", "Task", "TaskResult", "find_submissions", "grade_folder", "tasks_of"]
@@ -181,10 +184,12 @@ def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOL
     notebook = notebook_names(assignment, source)[0]
     submissions = find_submissions(Path(folder), assignment, notebook_names(assignment, source))
     out = Path(out).resolve()
-    (out / "feedback").mkdir(parents=True, exist_ok=True)
+    (out / "feedback" / MATHJAX_FOLDER).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(mathjax_file(), out / "feedback" / MATHJAX_FOLDER / "tex-svg.js")
     db_url = db_url or f"sqlite:///{out / 'gradebook.db'}"
     for line in isolation().warnings(limits):
         warn(f"warning: {line}")
+    warn(seeds_note())
 
     preload = sorted({m for m in _check_modules(source / assignment / notebook)})
     pool = _pool(min(workers, max(len(submissions), 1)), preload)
@@ -192,7 +197,8 @@ def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOL
     try:
         release = course.generate(assignment)
         src = AssignmentSource.load(assignment, course.root / "source" / assignment / notebook, release / notebook)
-        source_digest = hashlib.sha256((source / assignment / notebook).read_bytes()).hexdigest()
+        source_digest = hashlib.sha256((source / assignment / notebook).read_bytes()
+                                       + seeds_note().encode()).hexdigest()  # a new secret re-grades
         writer = GradebookWriter(db_url, assignment, notebook)
         hide = sorted({str(out), str(Path(folder).resolve()), str(course.root), str(Path(source).resolve())})
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import linecache
 import os
 import sys
 import textwrap
@@ -211,6 +212,17 @@ def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
     method_names = {c.__name__ for c in callables if getattr(c, "__objclass__", None) is not None}
     hit: list[str] = []
 
+    def in_roots(filename: str) -> bool:
+        return any(filename == root or (root.endswith(os.sep) and filename.startswith(root)) for _, root in roots)
+
+    def refuse(what: str, caller) -> None:
+        site = _student_site(caller, in_roots, guard_frame)
+        if site is None:  # reached through course code the notebook provides: not the student's call
+            return
+        hit.append(f"{what}{site}")
+        raise ForbiddenCall(f"{task}: your code called {hit[0]} - this task asks you to write it yourself "
+                            f"without {', '.join(modules + tuple(_name(c) for c in callables))}")
+
     def watch(frame, event, arg):
         if hit:
             return
@@ -218,18 +230,17 @@ def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
             filename = frame.f_code.co_filename
             for name, root in roots:
                 if filename == root or (root.endswith(os.sep) and filename.startswith(root)):
-                    hit.append(f"{name} ({frame.f_code.co_name} in {os.path.basename(filename)})")
-                    raise ForbiddenCall(f"{task}: your code called {hit[0]} while it ran - this task "
-                                        f"asks you to write it yourself")
+                    if frame.f_back is None or not in_roots(frame.f_back.f_code.co_filename):
+                        refuse(name, frame.f_back)
+                    return
         elif event == "c_call":
             module = _in_modules(_c_module(arg), modules)
             if id(arg) not in forbidden_ids and getattr(arg, "__name__", None) in method_names:
                 arg = _unbound(arg)  # x.unfold is a new object each time: compare its descriptor
             if id(arg) in forbidden_ids or module:
-                hit.append(_name(arg) if id(arg) in forbidden_ids else f"{module} ({_name(arg)})")
-                raise ForbiddenCall(f"{task}: your code called {hit[0]} while it ran - this task asks "
-                                    f"you to write it yourself")
+                refuse(_name(arg) if id(arg) in forbidden_ids else f"{module} ({_name(arg)})", frame)
 
+    guard_frame = sys._getframe()
     previous = sys.getprofile()
     sys.setprofile(watch)
     try:
@@ -237,9 +248,38 @@ def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
     finally:
         sys.setprofile(previous)
     if hit:  # raised inside a callee whose exception the student's code swallowed
-        raise ForbiddenCall(f"{task}: your code called {hit[0]} while it ran - this task asks you to "
-                            f"write it yourself")
+        raise ForbiddenCall(f"{task}: your code called {hit[0]} - this task asks you to write it yourself")
     return result
+
+
+#: code the notebook is given rather than written by the student: the course library and the checks
+_PROVIDED = tuple(os.path.dirname(os.path.abspath(importlib.util.find_spec(m).origin)) + os.sep
+                  for m in ("llmcourse", "autograder"))
+
+
+def _is_student_code(filename: str) -> bool:
+    """Code compiled from a notebook cell (``<cell ...>`` in the sandbox, ``<test-kernel-...>`` in tests)."""
+    return filename.startswith("<") and not filename.startswith("<frozen")
+
+
+def _student_site(frame, forbidden_file, stop) -> str | None:
+    """Where the student's code made the call that reached ``frame``: `` at <cell>, line N: `code` ``.
+
+    Walks up from ``frame``: the first frame that is the student's own code is the call site;
+    reaching provided course code first (``llmcourse`` not forbidden, a check's probe) means the
+    student did not make this call, and ``None`` comes back. With neither before ``stop`` (the
+    guard's own frame), an empty site: the call is still refused.
+    """
+    while frame is not None and frame is not stop:
+        filename = frame.f_code.co_filename
+        if _is_student_code(filename):
+            line = linecache.getline(filename, frame.f_lineno).strip()
+            where = filename.strip("<>")
+            return f" at {where}, line {frame.f_lineno}" + (f": `{line[:120]}`" if line else "")
+        if filename.startswith(_PROVIDED) and not forbidden_file(filename):
+            return None
+        frame = frame.f_back
+    return ""
 
 
 def _unbound(method):

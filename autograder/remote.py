@@ -55,6 +55,7 @@ class Sandbox:
     hide: list[str] = field(default_factory=list)
     worker: int = 0
     keep: list[str] = field(default_factory=list)  # more paths the sandbox must see (tests)
+    masks: dict[str, bytes] | None = None  # {path: what the sandbox reads there}; None: the held-out data
     iso: Isolation | None = None
     proc: subprocess.Popen | None = field(default=None, init=False)
     deadline: float = field(default=0.0, init=False)
@@ -73,10 +74,12 @@ class Sandbox:
 
             config["keep"] = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, str(REPO),
                                                                    *self.keep)})
-        self._workdir = None
+        self._workdir = self._maskdir = None
         if not self.iso.namespaces:
             self._workdir = tempfile.mkdtemp(prefix="llmcourse-sandbox-")
             config["workdir"] = self._workdir
+        else:
+            config["masks"] = self._write_masks()
         requests_r, self._requests = os.pipe()
         self._replies, replies_w = os.pipe()
         self._log = tempfile.TemporaryFile()
@@ -101,6 +104,23 @@ class Sandbox:
             err = hello.get("error", {})
             self.kill()
             raise SandboxGone(f"the sandbox could not start: {err.get('type')}: {err.get('message')}")
+
+    def _write_masks(self) -> list[list[str]]:
+        """Write the files the sandbox sees in place of real ones; ``[[real path, replacement]]``."""
+        from autograder.heldout import sandbox_masks
+
+        masks = sandbox_masks() if self.masks is None else self.masks
+        if not masks:
+            return []
+        self._maskdir = tempfile.mkdtemp(prefix="llmcourse-masks-")
+        pairs = []
+        for i, (target, data) in enumerate(sorted(masks.items())):
+            path = os.path.join(self._maskdir, f"{i}-{os.path.basename(target)}")
+            with open(path, "wb") as f:
+                f.write(data)
+            os.chmod(path, 0o644)
+            pairs.append([os.path.realpath(target), path])
+        return pairs
 
     # ---------------------------------------------------------------- transport
     def request(self, message: dict, *, seconds: float | None = None) -> dict:
@@ -200,10 +220,11 @@ class Sandbox:
         self._requests = self._replies = None
         if getattr(self, "_log", None) is not None:
             self._log.close()
-        if self._workdir:
-            import shutil
+        import shutil
 
-            shutil.rmtree(self._workdir, ignore_errors=True)
+        for folder in (self._workdir, getattr(self, "_maskdir", None)):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 class Session:

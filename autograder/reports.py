@@ -9,7 +9,7 @@ import json
 import statistics
 from pathlib import Path
 
-from autograder.feedback import insert_summary, standalone_page, summary_table
+from autograder.feedback import insert_summary, offline_math, standalone_page, summary_table
 
 CSV_COLUMNS = ["student", "assignment", "task", "score", "max_score", "reason"]
 
@@ -86,7 +86,7 @@ def feedback_page(student: str, assignment: str, rows, notes: list[str], noteboo
     if notebook is None:
         return standalone_page(student, assignment, rows, "; ".join(notes) or "No notebook to show.")
     body, _ = _exporter().from_notebook_node(notebook)
-    return insert_summary(body, fragment)
+    return offline_math(insert_summary(body, fragment))
 
 
 @functools.lru_cache(maxsize=1)

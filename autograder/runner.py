@@ -112,8 +112,9 @@ def rebuild(source: AssignmentSource, submitted: nbformat.NotebookNode) -> tuple
     """The cells to run, in the source's order, and notes on what the student changed.
 
     Returns ``[(source cell, code to run)]``: the source's own code, except for answer cells
-    (the student's code for that grade id) and code cells the student added (kind
-    ``"added"``), which follow the cell they were added after.
+    (the student's code for that grade id) and cells the student added, which follow the cell
+    they were added after: code (kind ``"added"``, run) and Markdown (kind ``"markdown"``, shown
+    in the feedback, never run).
     """
     from nbgrader.utils import compute_checksum
 
@@ -128,13 +129,13 @@ def rebuild(source: AssignmentSource, submitted: nbformat.NotebookNode) -> tuple
         if gid in known:
             by_id.setdefault(gid, []).append(cell)
             last = gid
-        elif cell.get("cell_type") == "code" and str(cell.get("source", "")).strip():
-            added_after.setdefault(last, []).append(str(cell.get("source", "")))
+        elif cell.get("cell_type") in ("code", "markdown") and str(cell.get("source", "")).strip():
+            added_after.setdefault(last, []).append((cell["cell_type"], str(cell.get("source", ""))))
     plan: list[tuple[SourceCell, str]] = []
 
     def add_extras(after):
-        for code in added_after.get(after, []):
-            plan.append((SourceCell("added", None, code), code))
+        for cell_type, text in added_after.get(after, []):  # a Markdown cell is only shown, never run
+            plan.append((SourceCell("added" if cell_type == "code" else "markdown", None, text), text))
 
     add_extras(None)
     for sc in source.cells:

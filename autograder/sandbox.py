@@ -93,7 +93,8 @@ def isolate(config: dict) -> None:
     sandbox gives up root) any closed directory above Python (``/root``); the paths the sandbox
     needs (``keep``: Python, the course) are bind-mounted back from file descriptors opened
     before, wherever they were; then the ``hide`` paths (gradebook, sources, submissions) are
-    covered, even inside what was kept.
+    covered, even inside what was kept, and each ``masks`` pair ``[real file, replacement]``
+    puts the replacement over the real file (the held-out data, :mod:`autograder.heldout`).
     """
     work = config.get("workdir")
     uid = config.get("uid")
@@ -103,6 +104,8 @@ def isolate(config: dict) -> None:
             raise OSError(ctypes.get_errno(), "could not make mounts private")
         keep = [os.path.realpath(p) for p in config.get("keep", [])]
         handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in keep if os.path.isdir(p)}
+        masks = [(target, os.open(source, os.O_PATH)) for target, source in config.get("masks", [])
+                 if os.path.isfile(target)]
         covered = [d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d)]
         if uid is not None:  # a closed parent not already replaced by a fresh tmpfs
             covered += sorted({c for c in map(_closed_ancestor, keep)
@@ -117,6 +120,9 @@ def isolate(config: dict) -> None:
         for path in config.get("hide", []):
             if os.path.isdir(path):
                 _mount_tmpfs(libc, path, "1m")
+        for target, fd in masks:
+            _mount(libc, f"/proc/self/fd/{fd}".encode(), target, None, MS_BIND, "bind")
+            os.close(fd)
         work = "/tmp/work"
         os.makedirs(work, exist_ok=True)
     if uid is not None:

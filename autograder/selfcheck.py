@@ -8,6 +8,7 @@ A released notebook holds only the visible checks; the hidden ones run at gradin
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class CellReport:
 
 def run_checks(path: str | os.PathLike, *, timeout: int = 120) -> list[CellReport]:
     """Execute the notebook and report each graded cell."""
+    from jupyter_client import KernelManager
     from nbclient import NotebookClient
 
     path = Path(path)
@@ -37,9 +39,17 @@ def run_checks(path: str | os.PathLike, *, timeout: int = 120) -> list[CellRepor
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"{path} is not a valid Jupyter notebook: {exc}") from exc
     prepare_environment()
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(path.parent.resolve())}})
-    client.execute()
+    with tempfile.TemporaryDirectory(prefix="llmcourse-kernel-") as sockets:
+        # IPC sockets (files only this user can open), not plain TCP on localhost, which the
+        # kernel warns about on every start
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sockets, "kernel"))
+        client = NotebookClient(nb, km=km, timeout=timeout, allow_errors=True,
+                                resources={"metadata": {"path": str(path.parent.resolve())}})
+        try:
+            client.execute()
+        finally:
+            if km.has_kernel and km.is_alive():
+                km.shutdown_kernel(now=False)
     reports = []
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})

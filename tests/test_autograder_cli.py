@@ -182,6 +182,22 @@ def test_cli_reports_unknown_assignment_clearly(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_check_command_shows_the_student_only_the_table(tmp_path):
+    """No kernel chatter (such as the warning about unencrypted TCP) above the table."""
+    import subprocess
+    import sys
+
+    name = notebook_names("ch01_perceptron")[0]
+    shutil.copy(EXERCISES / "ch01_perceptron" / name, tmp_path / name)
+    done = subprocess.run([sys.executable, "-m", "autograder", "check", str(tmp_path / name)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr
+    text = done.stdout + done.stderr
+    assert text.startswith("task "), text[:500]
+    assert "WARNING" not in text and "TCP" not in text, text[:500]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_check_command_prints_a_table_for_solution_and_blank(assignment, tmp_path, capsys):
     name = notebook_names(assignment)[0]

@@ -91,6 +91,26 @@ def test_guard_run_time_watch_catches_c_functions_of_a_forbidden_module():
     """torch.tanh is C code: no Python frame, so the watch reads the module the built-in belongs to."""
     namespace = {"torch": torch}
     exec("def hidden(x):\n    return float(torch.tanh(torch.tensor(x)))\n", namespace)  # no source to read
-    with pytest.raises(ForbiddenCall, match=r"called torch \(torch\.\S+\) while it ran"):
+    with pytest.raises(ForbiddenCall, match=r"called torch \(torch\.\S+\) at string, line 2"):
         call_guarded(namespace["hidden"], 0.5, task="t", modules=("torch",))
     assert call_guarded(namespace["hidden"], 0.5, task="t", modules=("sklearn",)) == pytest.approx(np.tanh(0.5))
+
+
+def test_forbidden_call_through_course_code_the_notebook_provides_is_not_the_students():
+    """The setup cell imports llmcourse.datasets; it uses scikit-learn, the student does not."""
+    from tests.notebook_kernel import kernel
+
+    ns = kernel("from llmcourse.datasets import load_digits\n",
+                "def count():\n    return len(load_digits().y_train)\n")
+    assert call_guarded(ns["count"], task="t", modules=["sklearn"]) == 1438
+
+
+def test_forbidden_call_is_attributed_to_the_students_line():
+    from tests.notebook_kernel import kernel
+
+    ns = kernel("import numpy as np\nfrom sklearn.model_selection import train_test_split as tts\n",
+                "def split(X):\n    n = len(X)\n    a, b = tts(X, test_size=0.5)\n    return a\n")
+    with pytest.raises(ForbiddenCall, match=r"called sklearn at test-kernel-\d+-1, line 3: `a, b = tts\(X, "
+                                            r"test_size=0.5\)` - this task asks you to write it yourself "
+                                            r"without sklearn"):
+        call_guarded(ns["split"], np.arange(6), task="t", modules=["sklearn"], static=False)

@@ -259,3 +259,53 @@ def test_sandbox_still_sees_the_course_when_it_lives_under_tmp(tmp_path):
         sandbox.close()
     assert reply["ok"], reply
     assert reply["output"].split() == ["visible", "[]", "False"]
+
+
+@pytest.mark.sandbox
+def test_sandbox_cannot_read_the_held_out_digits(session):
+    """Every way of reading scikit-learn's digits in the sandbox misses the held-out rows."""
+    from autograder.heldout import DIGITS_HELD_OUT, digits_file, digits_split
+
+    if not isolation().namespaces:
+        pytest.skip(f"no namespaces on this machine ({isolation().reason}); the CLI warns about it")
+    reply = run(session, "import gzip\nfrom sklearn.datasets import load_digits\n"
+                         "from llmcourse.datasets import load_digits as course_digits\n"
+                         "print(load_digits().data.shape[0])\n"
+                         f"print(len(gzip.open({digits_file()!r}).read().splitlines()))\n"
+                         "s = course_digits()\nprint(len(s.y_train) + len(s.y_test))\n")
+    assert reply["ok"], reply
+    assert reply["output"].split() == [str(1797 - DIGITS_HELD_OUT)] * 3
+    X_vis, _, X_held, _ = digits_split()
+    assert len(X_vis) == 1797 - DIGITS_HELD_OUT and len(X_held) == DIGITS_HELD_OUT
+    vis = {x.tobytes() for x in X_vis}
+    assert sum(x.tobytes() not in vis for x in X_held) > 0.9 * DIGITS_HELD_OUT, "held-out rows must be new"
+    from sklearn.datasets import load_digits
+
+    assert load_digits().data.shape[0] == 1797, "the trusted process still reads the whole file"
+
+
+def test_held_out_rows_follow_the_course_secret(monkeypatch):
+    from autograder.heldout import digits_split
+
+    monkeypatch.delenv("AUTOGRADER_SECRET", raising=False)
+    published = digits_split()[3]
+    monkeypatch.setenv("AUTOGRADER_SECRET", "course-2027")
+    secret = digits_split()[3]
+    monkeypatch.setenv("AUTOGRADER_SECRET", "another")
+    other = digits_split()[3]
+    assert len(published) == len(secret) == len(other)
+    assert not np.array_equal(published, secret) and not np.array_equal(secret, other)
+
+
+@pytest.mark.sandbox
+def test_sandbox_never_receives_the_course_secret(monkeypatch):
+    monkeypatch.setenv("AUTOGRADER_SECRET", "do-not-leak")
+    sandbox = Sandbox(Limits(cell_seconds=10, notebook_seconds=30))
+    sandbox.start()
+    try:
+        reply = sandbox.request({"op": "exec", "code": "import os\nprint(sorted(os.environ))\n"
+                                                       "print('do-not-leak' in str(os.environ))"})
+    finally:
+        sandbox.close()
+    assert reply["ok"], reply
+    assert "AUTOGRADER_SECRET" not in reply["output"] and reply["output"].split()[-1] == "False"
