@@ -30,10 +30,10 @@ from pathlib import Path
 import nbformat
 
 from autograder.course import SOLUTIONS, Course, check_assignment, notebook_names
-from autograder.limits import Limits, isolation
-from autograder.secret import seeds_note
 from autograder.feedback import MATHJAX_FOLDER, mathjax_file
+from autograder.limits import Limits, isolation
 from autograder.reports import CSV_COLUMNS, feedback_page, summarize, write_csv, write_summary
+from autograder.secret import seeds_note
 
 __all__ = ["CSV_COLUMNS", "GRADER_VERSION", "Task", "TaskResult", "find_submissions", "grade_folder", "tasks_of"]
 

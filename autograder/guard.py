@@ -1,36 +1,42 @@
 """The guard: a task that must re-implement something may not call it.
 
-Two looks, combined:
+Two looks, combined (what is forbidden, and how code is read for it, is :mod:`autograder.forbidden`):
 
 * **static** - read the source of the student's function (and of the helper
-  functions it calls from the notebook) and flag any name that resolves to a
-  forbidden module (``sklearn``) or callable (``torch.nn.functional.conv2d``),
-  and any ``import`` of a forbidden module;
+  functions it calls from the notebook) for forbidden names and imports;
 * **run time** - while the student's function runs, a profiler hook watches
-  every call; a call into a file of a forbidden package, or to a forbidden
-  built-in, stops it with :class:`ForbiddenCall`.
+  every call; a call that the student's own code makes into a file of a
+  forbidden package, or to a forbidden built-in, stops it with
+  :class:`ForbiddenCall`, naming the student's line. Calls made by course code
+  the notebook provides (``llmcourse.datasets`` using scikit-learn) are not the
+  student's.
 
 The static look catches code paths the test inputs never reach; the run-time
 look catches calls the source hides (``getattr``, ``__import__``, aliases).
+This module also turns every failure of student code into feedback
+(:func:`call_student`, :func:`run_probe`).
 """
 
 from __future__ import annotations
 
-import ast
 import importlib.util
-import inspect
 import linecache
 import os
 import sys
-import textwrap
 import types
 from collections.abc import Callable, Iterable
 
 from autograder.compare import CheckFailed
+from autograder.forbidden import (
+    ForbiddenCall,
+    callable_name,
+    refusal,
+    resolve_callables,
+    static_violations,
+    under,
+)
 
-
-class ForbiddenCall(CheckFailed):
-    """The student's code used a library function the task asks them to write themselves."""
+__all__ = ["ForbiddenCall", "call_guarded", "call_student", "run_probe", "static_violations", "student_failure"]
 
 
 def _module_roots(modules: Iterable[str]) -> list[tuple[str, str]]:
@@ -50,150 +56,10 @@ def _module_roots(modules: Iterable[str]) -> list[tuple[str, str]]:
     return roots
 
 
-def _in_modules(modname: str | None, modules: Iterable[str]) -> str | None:
-    if not modname:
-        return None
-    for m in modules:
-        if modname == m or modname.startswith(m + "."):
-            return m
-    return None
-
-
-def _same_namespace(obj, target) -> bool:
-    """A plain function defined next to ``target`` (in the same notebook or module)."""
-    return isinstance(obj, types.FunctionType) and obj.__globals__ is target.__globals__
-
-
-def static_violations(fn: Callable, *, modules: Iterable[str] = (), callables: Iterable[Callable] = (),
-                      _seen: set | None = None) -> list[str]:
-    """Names in ``fn``'s source (and its notebook helpers) that reach forbidden code.
-
-    Returns human-readable findings such as ``"sklearn (imports sklearn.linear_model)"``;
-    an empty list means nothing forbidden was found.
-    """
-    modules = tuple(modules)
-    forbidden_ids = {id(c) for c in resolve_callables(callables)}
-    seen = _seen if _seen is not None else set()
-    target = inspect.unwrap(fn) if callable(fn) else fn
-    if isinstance(target, type):  # a class: look at its methods
-        found = []
-        for member in vars(target).values():
-            if isinstance(member, (staticmethod, classmethod)):
-                member = member.__func__
-            if isinstance(member, types.FunctionType):
-                found += static_violations(member, modules=modules, callables=callables, _seen=seen)
-        return found
-    if not isinstance(target, types.FunctionType) or id(target) in seen:
-        return []
-    seen.add(id(target))
-    try:
-        source = textwrap.dedent(inspect.getsource(target))
-        tree = ast.parse(source)
-    except (OSError, TypeError, SyntaxError, IndentationError):
-        return []
-    scope = dict(vars(__import__("builtins")))
-    scope.update(target.__globals__)
-    if target.__closure__:
-        scope.update({name: cell.cell_contents for name, cell in
-                      zip(target.__code__.co_freevars, target.__closure__) if _cell_ok(cell)})
-    found: list[str] = []
-    fname = target.__name__
-
-    def flag(msg: str) -> None:
-        if msg not in found:
-            found.append(msg)
-
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                hit = _in_modules(alias.name, modules)
-                if hit:
-                    flag(f"{fname} imports {alias.name}")
-        elif isinstance(node, ast.ImportFrom):
-            hit = _in_modules(node.module, modules)
-            if hit:
-                flag(f"{fname} imports from {node.module}")
-        elif isinstance(node, (ast.Name, ast.Attribute)):
-            obj = _resolve(node, scope)
-            if obj is _MISSING:
-                continue
-            if id(obj) in forbidden_ids:
-                flag(f"{fname} uses {_dotted(node)}")
-                continue
-            if isinstance(obj, types.ModuleType):
-                hit = _in_modules(obj.__name__, modules)
-            else:
-                hit = _in_modules(getattr(obj, "__module__", None), modules)
-            if hit:
-                flag(f"{fname} uses {_dotted(node)} (from {hit})")
-            elif isinstance(node, ast.Name) and _same_namespace(obj, target):
-                found += [f for f in static_violations(obj, modules=modules, callables=callables, _seen=seen)
-                          if f not in found]
-    return found
-
-
-def _cell_ok(cell) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018 - raises ValueError for an empty cell
-        return True
-    except ValueError:
-        return False
-
-
-_MISSING = object()
-
-
-def _dotted(node: ast.AST) -> str:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-    return ".".join(reversed(parts))
-
-
-def _resolve(node: ast.AST, scope: dict):
-    """Evaluate a dotted name against ``scope`` without running any user code."""
-    if isinstance(node, ast.Name):
-        return scope.get(node.id, _MISSING)
-    if isinstance(node, ast.Attribute):
-        base = _resolve(node.value, scope)
-        if base is _MISSING or not isinstance(base, (types.ModuleType, type)):
-            return _MISSING
-        try:
-            return inspect.getattr_static(base, node.attr)
-        except AttributeError:
-            return _MISSING
-    return _MISSING
-
-
 def _refuse_static(fn, *, task: str, modules: tuple, callables: tuple) -> None:
     findings = static_violations(fn, modules=modules, callables=callables)
     if findings:
-        raise ForbiddenCall(f"{task}: {'; '.join(findings)} - this task asks you to write it yourself "
-                            f"without {', '.join(modules + tuple(_name(c) for c in callables))}")
-
-
-def resolve_callables(callables: Iterable[Callable | str]) -> tuple:
-    """Forbidden callables given as objects or dotted names (``"torch.nn.functional.conv2d"``) -> objects."""
-    out = []
-    for c in callables:
-        if isinstance(c, str):
-            module, _, attr = c.rpartition(".")
-            try:
-                obj = importlib.import_module(module)
-                obj = getattr(obj, attr)
-            except (ImportError, AttributeError):
-                try:  # a class attribute such as torch.Tensor.unfold
-                    owner_mod, _, owner = module.rpartition(".")
-                    obj = getattr(getattr(importlib.import_module(owner_mod), owner), attr)
-                except (ImportError, AttributeError, ValueError):
-                    continue
-            out.append(obj)
-        else:
-            out.append(c)
-    return tuple(out)
+        raise refusal(task, findings, modules, callables)
 
 
 def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
@@ -221,7 +87,7 @@ def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
             return
         hit.append(f"{what}{site}")
         raise ForbiddenCall(f"{task}: your code called {hit[0]} - this task asks you to write it yourself "
-                            f"without {', '.join(modules + tuple(_name(c) for c in callables))}")
+                            f"without {', '.join(modules + tuple(callable_name(c) for c in callables))}")
 
     def watch(frame, event, arg):
         if hit:
@@ -234,11 +100,11 @@ def call_guarded(fn: Callable, *args, task: str, modules: Iterable[str] = (),
                         refuse(name, frame.f_back)
                     return
         elif event == "c_call":
-            module = _in_modules(_c_module(arg), modules)
+            module = under(_c_module(arg), modules)
             if id(arg) not in forbidden_ids and getattr(arg, "__name__", None) in method_names:
                 arg = _unbound(arg)  # x.unfold is a new object each time: compare its descriptor
             if id(arg) in forbidden_ids or module:
-                refuse(_name(arg) if id(arg) in forbidden_ids else f"{module} ({_name(arg)})", frame)
+                refuse(callable_name(arg) if id(arg) in forbidden_ids else f"{module} ({callable_name(arg)})", frame)
 
     guard_frame = sys._getframe()
     previous = sys.getprofile()
@@ -301,11 +167,6 @@ def _c_module(fn) -> str | None:
         return module
     owner = getattr(fn, "__self__", None)
     return type(owner).__module__ if owner is not None and not isinstance(owner, types.ModuleType) else None
-
-
-def _name(obj) -> str:
-    mod = getattr(obj, "__module__", None) or ""
-    return f"{mod}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}".lstrip(".")
 
 
 def _where(inputs: dict | None) -> str:

@@ -285,13 +285,13 @@ class Remote:
         return self._send({"op": "call", "target": self._ref, "args": a, "kwargs": k})
 
     def _guard(self, task, modules, callables) -> dict:
-        from autograder.guard import _name  # the dotted name of a callable
+        from autograder.forbidden import callable_name
 
-        names = tuple(c if isinstance(c, str) else _name(c) for c in callables)
+        names = tuple(c if isinstance(c, str) else callable_name(c) for c in callables)
         return {"task": task, "modules": list(modules), "callables": list(names)}
 
     def _static(self, names: list[str], task: str, modules: tuple, callables: tuple) -> None:
-        from autograder.guard import ForbiddenCall
+        from autograder.forbidden import refusal
 
         guard = self._guard(task, modules, callables)
         findings = []
@@ -299,8 +299,7 @@ class Remote:
             findings += self._session.submission.violations(name, tuple(guard["modules"]),
                                                            tuple(guard["callables"]))
         if findings:
-            raise ForbiddenCall(f"{task}: {'; '.join(findings)} - this task asks you to write it yourself "
-                                f"without {', '.join(guard['modules'] + guard['callables'])}")
+            raise refusal(task, findings, tuple(guard["modules"]), tuple(guard["callables"]))
 
     def __llmcourse_remote_call__(self, args, kwargs, *, task, inputs, modules, callables):
         from autograder.guard import student_failure

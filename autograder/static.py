@@ -20,6 +20,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
+from autograder.forbidden import dotted, source_violations, under
+
 #: calls and names that can defeat the run-time guard or hide code from the static look
 TAMPER_NAMES = {
     "exec", "eval", "compile", "__import__", "globals", "breakpoint", "__builtins__",
@@ -39,17 +41,6 @@ _ATTRIBUTE_BASES = {"modules": ("sys",), "system": ("os",), "fork": ("os",), "ex
                     "killpg": ("os",)}
 
 
-def _dotted(node: ast.AST) -> list[str] | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return parts[::-1]
-    return None
-
-
 @dataclass
 class Submission:
     """The student's answer cells, parsed, with the notebook's import aliases and definitions."""
@@ -59,7 +50,6 @@ class Submission:
     trees: list[ast.Module] = field(default_factory=list, init=False)
     aliases: dict[str, str] = field(default_factory=dict, init=False)
     definitions: dict[str, list[ast.AST]] = field(default_factory=dict, init=False)
-    syntax_errors: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self):
         for source in self.setup_sources:
@@ -67,11 +57,10 @@ class Submission:
                 self._imports(ast.parse(source))
             except SyntaxError:
                 pass
-        for i, source in enumerate(self.sources):
+        for source in self.sources:
             try:
                 tree = ast.parse(source)
-            except SyntaxError as exc:
-                self.syntax_errors.append(f"answer cell {i + 1}: {exc.msg} (line {exc.lineno})")
+            except SyntaxError:  # the sandbox reports it when the cell runs
                 continue
             self.trees.append(tree)
             self._imports(tree)
@@ -90,41 +79,13 @@ class Submission:
 
     def qualified(self, node: ast.AST) -> str | None:
         """``F.conv2d`` -> ``torch.nn.functional.conv2d`` through the notebook's imports."""
-        parts = _dotted(node)
-        if not parts:
-            return None
-        head = self.aliases.get(parts[0])
+        parts = dotted(node)
+        head = self.aliases.get(parts[0]) if parts else None
         return ".".join([head, *parts[1:]]) if head else None
 
     def violations(self, name: str, modules: tuple[str, ...], callables: tuple[str, ...]) -> list[str]:
         """What forbidden code ``name`` (and what it refers to in the notebook) uses."""
-        found: list[str] = []
-        seen: set[str] = set()
-
-        def visit(current: str) -> None:
-            if current in seen or current not in self.definitions:
-                return
-            seen.add(current)
-            for top in self.definitions[current]:
-                for node in ast.walk(top):
-                    hit = None
-                    if isinstance(node, ast.Import):
-                        hit = next((a.name for a in node.names if _under(a.name, modules)), None)
-                    elif isinstance(node, ast.ImportFrom) and node.module:
-                        full = [f"{node.module}.{a.name}" for a in node.names]
-                        if _under(node.module, modules) or any(_matches(f, callables) for f in full):
-                            hit = node.module
-                    elif isinstance(node, (ast.Name, ast.Attribute)):
-                        q = self.qualified(node)
-                        if q and (_under(q, modules) or _matches(q, callables)):
-                            hit = ".".join(_dotted(node) or [q])
-                        elif isinstance(node, ast.Name):
-                            visit(node.id)
-                    if hit and f"{current} uses {hit}" not in found:
-                        found.append(f"{current} uses {hit}")
-
-        visit(name)
-        return found
+        return source_violations(name, self.definitions, self.aliases, modules=modules, callables=callables)
 
 
 def _defined_names(node: ast.AST) -> list[str]:
@@ -136,14 +97,6 @@ def _defined_names(node: ast.AST) -> list[str]:
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         return [(a.asname or a.name).split(".")[0] for a in node.names]
     return []
-
-
-def _under(name: str, modules: tuple[str, ...]) -> bool:
-    return any(name == m or name.startswith(m + ".") for m in modules)
-
-
-def _matches(name: str, callables: tuple[str, ...]) -> bool:
-    return any(name == c or name.startswith(c + ".") for c in callables)
 
 
 def tamper_findings(submission: Submission) -> list[str]:
@@ -158,10 +111,10 @@ def tamper_findings(submission: Submission) -> list[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for a in node.names:
-                    if _under(a.name, TAMPER_MODULES):
+                    if under(a.name, TAMPER_MODULES):
                         flag(f"imports {a.name}")
             elif isinstance(node, ast.ImportFrom):
-                if node.module and _under(node.module, TAMPER_MODULES):
+                if node.module and under(node.module, TAMPER_MODULES):
                     flag(f"imports from {node.module}")
                 for a in node.names:
                     if a.name in TAMPER_ATTRIBUTES and node.module in ("sys", "os"):
