@@ -24,7 +24,7 @@ import shutil
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import nbformat
@@ -33,34 +33,25 @@ from autograder.course import SOLUTIONS, Course, check_assignment, notebook_name
 from autograder.feedback import MATHJAX_FOLDER, mathjax_file
 from autograder.limits import Limits, isolation
 from autograder.reports import CSV_COLUMNS, feedback_page, summarize, write_csv, write_summary
+from autograder.runner import TaskResult
 from autograder.secret import seeds_note
 
-__all__ = ["CSV_COLUMNS", "GRADER_VERSION", "Task", "TaskResult", "find_submissions", "grade_folder", "tasks_of"]
+__all__ = ["CSV_COLUMNS", "GRADER_VERSION", "GradedCell", "TaskResult", "find_submissions", "grade_folder", "tasks_of"]
 
 #: part of every submission's digest: bump it when grading changes, so re-runs re-grade
 GRADER_VERSION = "2"
 
 
 @dataclass(frozen=True)
-class Task:
-    """One graded cell of the assignment: its grade_id and points."""
+class GradedCell:
+    """One graded cell of the assignment: its grade_id, points and notebook."""
 
     name: str
     points: float
     notebook: str
 
 
-@dataclass
-class TaskResult:
-    student: str
-    assignment: str
-    task: str
-    score: float
-    max_score: float
-    reason: str
-
-
-def tasks_of(assignment: str, source: Path = SOLUTIONS) -> list[Task]:
+def tasks_of(assignment: str, source: Path = SOLUTIONS) -> list[GradedCell]:
     """The graded cells of an assignment, in notebook order."""
     out = []
     for name in notebook_names(assignment, source):
@@ -68,7 +59,7 @@ def tasks_of(assignment: str, source: Path = SOLUTIONS) -> list[Task]:
         for cell in nb.cells:
             meta = cell.metadata.get("nbgrader", {})
             if meta.get("grade"):
-                out.append(Task(meta["grade_id"], float(meta.get("points", 0)), name))
+                out.append(GradedCell(meta["grade_id"], float(meta.get("points", 0)), name))
     return out
 
 
@@ -130,7 +121,7 @@ def _grade_job(job: dict) -> dict:
             graded = zero(source, f"the submission could not be read: {exc}")
         else:
             graded = grade_notebook(source, raw, limits=job["limits"], worker=_WORKER["index"], hide=job["hide"])
-    rows = [TaskResult(student, source.assignment, s.task, s.score, s.max_score, s.reason) for s in graded.scores]
+    rows = [replace(s, student=student, assignment=source.assignment) for s in graded.scores]
     try:
         page = feedback_page(student, source.assignment, rows, graded.notes, graded.notebook)
     except Exception as exc:  # noqa: BLE001 - a page that cannot render is not a lost grade
@@ -154,7 +145,7 @@ def _digest(path: Path | None, source_digest: str) -> str:
 
 
 def _rows(student: str, assignment: str, result: dict) -> list[TaskResult]:
-    return [TaskResult(student, assignment, s["task"], float(s["score"]), float(s["max_score"]), s["reason"])
+    return [TaskResult(s["task"], float(s["score"]), float(s["max_score"]), s["reason"], student, assignment)
             for s in result["scores"]]
 
 
@@ -295,8 +286,7 @@ def _failed(job: dict, reason: str) -> dict:
     from autograder.runner import zero
 
     graded = zero(job["source"], reason)
-    rows = [TaskResult(job["student"], job["source"].assignment, s.task, s.score, s.max_score, s.reason)
-            for s in graded.scores]
+    rows = [replace(s, student=job["student"], assignment=job["source"].assignment) for s in graded.scores]
     return {"student": job["student"], "digest": job["digest"], "seconds": 0.0,
             "page": feedback_page(job["student"], job["source"].assignment, rows, graded.notes, None),
             "result": {"scores": [asdict(s) for s in graded.scores], "notes": graded.notes}}

@@ -31,6 +31,9 @@ import sys
 from dataclasses import asdict, dataclass
 
 SANDBOX_UID_BASE = 61000  # uid of worker i's sandbox when the grader is root
+NOTEBOOK_BYTES = 20 * 2**20  # a larger submitted file is not read
+OUTPUT_CHARACTERS = 20_000  # printed output kept per cell or call, the rest is cut
+SANDBOX_RESTARTS = 3  # a submission whose sandbox breaks its limits more often is not graded further
 
 
 @dataclass(frozen=True)
@@ -43,17 +46,11 @@ class Limits:
     reply_bytes: int = 64 * 2**20
     file_mb: int = 64
     processes: int = 256
-    network: bool = False
 
     def __post_init__(self):
         for name, value in asdict(self).items():
-            if name != "network" and not value > 0:
+            if not value > 0:
                 raise ValueError(f"limit {name} must be positive, got {value!r}")
-
-    def describe(self) -> str:
-        return (f"{self.cell_seconds:g} s per cell, {self.notebook_seconds:g} s per notebook, "
-                f"{self.memory_mb} MiB memory, {self.file_mb} MiB per file, network "
-                f"{'allowed' if self.network else 'off'}")
 
 
 @dataclass(frozen=True)
@@ -68,9 +65,9 @@ class Isolation:
     def warnings(self, limits: Limits) -> list[str]:
         out = []
         if not self.namespaces:
-            out.append(f"no Linux namespaces here ({self.reason}): student code can use the network "
-                       f"{'(allowed anyway)' if limits.network else ''}, see other processes and read "
-                       f"files the grader's user can read".replace("  ", " "))
+            out.append(f"no Linux namespaces here ({self.reason}): student code can use the network, "
+                       f"see other processes and read files the grader's user can read, the held-out "
+                       f"data of training tasks included")
         if not self.drop_user:
             out.append("student code runs as the grader's own user"
                        + (" (inside a user namespace, so it sees only its own tmpfs)" if self.namespaces else
@@ -114,10 +111,10 @@ def _unshare_flags(user_ns: bool) -> list[str]:
     return (["--user", "--map-root-user"] + flags) if user_ns else flags
 
 
-def sandbox_command(iso: Isolation, limits: Limits) -> list[str]:
+def sandbox_command(iso: Isolation) -> list[str]:
     """The command that starts a sandbox (``python -m autograder.sandbox`` inside namespaces)."""
     python = [sys.executable, "-I", "-m", "autograder.sandbox"]
-    if not iso.namespaces or limits.network:
+    if not iso.namespaces:
         return python
     return [shutil.which("unshare"), *_unshare_flags(iso.user_namespace), *python]
 

@@ -88,7 +88,7 @@ class Sandbox:
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         limit_processes = self.uid is not None
         self.proc = subprocess.Popen(
-            [*sandbox_command(self.iso, self.limits), json.dumps(config)],
+            [*sandbox_command(self.iso), json.dumps(config)],
             stdin=requests_r, stdout=self._log, stderr=self._log, pass_fds=(replies_w,),
             env=env, close_fds=True, cwd="/",
             preexec_fn=lambda: set_rlimits(self.limits, limit_processes=limit_processes),

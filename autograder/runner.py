@@ -2,14 +2,16 @@
 
 The steps, all in the trusted grading process except where the sandbox is named:
 
-1. **Read** the file (size-capped) as JSON; anything else scores zero with the reason.
-2. **Rebuild** the notebook from the *source*: every locked cell, test cell, grade id and
+1. **Read** the file (size-capped) as JSON (:func:`read_submission`); anything else scores zero
+   with the reason.
+2. **Rebuild** the notebook from the *source* (:func:`rebuild`): every locked cell, test cell, grade id and
    point value comes from the instructor's copy; only the answer cells' code (found by
    grade id) and cells the student added are taken from the submission. Deleting,
    reordering, duplicating or editing locked cells, or changing metadata, changes nothing;
    nbgrader's checksums tell which cells were touched, for the feedback.
-3. **Look** at the student's code statically (:mod:`autograder.static`).
-4. **Run** the notebook's code cells, in order, in a :class:`~autograder.remote.Sandbox`.
+3. **Look** at the student's code statically (:func:`look_for_tampering`, :mod:`autograder.static`).
+4. **Run** the notebook's code cells, in order, in a :class:`~autograder.remote.Sandbox`
+   (:func:`run_plan`).
 5. For each graded cell, run its visible part in the sandbox (as the student saw it) and its
    hidden part here, with the student's names replaced by :class:`~autograder.remote.Remote`
    handles: the checks generate the inputs, the sandbox only computes the student's
@@ -29,13 +31,11 @@ from pathlib import Path
 import nbformat
 
 from autograder.compare import CheckFailed
-from autograder.limits import Limits
+from autograder.limits import NOTEBOOK_BYTES, SANDBOX_RESTARTS, Limits
 from autograder.remote import Sandbox, SandboxGone, Session, StudentError
 from autograder.static import Submission, tamper_findings
 
 HIDDEN_MARK = "### BEGIN HIDDEN TESTS"
-MAX_NOTEBOOK_BYTES = 20 * 2**20
-MAX_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -85,25 +85,29 @@ class AssignmentSource:
 
 
 @dataclass
-class TaskScore:
+class TaskResult:
+    """One task's outcome: a row of ``grades.csv`` (``student`` and ``assignment`` filled in by the batch)."""
+
     task: str
     score: float
     max_score: float
     reason: str
+    student: str = ""
+    assignment: str = ""
 
 
 @dataclass
 class Graded:
     """The outcome for one submission: a score and reason per task, notes, and a feedback notebook."""
 
-    scores: list[TaskScore]
+    scores: list[TaskResult]
     notes: list[str] = field(default_factory=list)
     notebook: nbformat.NotebookNode | None = None
     seconds: float = 0.0
 
 
 def zero(source: AssignmentSource, reason: str) -> Graded:
-    return Graded([TaskScore(t.grade_id, 0.0, t.points, reason) for t in source.tasks], [reason])
+    return Graded([TaskResult(t.grade_id, 0.0, t.points, reason) for t in source.tasks], [reason])
 
 
 # ----------------------------------------------------------------------------- rebuilding
@@ -215,8 +219,8 @@ class _Run:
 
     def sandbox(self) -> Session:
         if self.session is None:
-            if self.restarts > MAX_RESTARTS:
-                raise SandboxGone(f"not graded: the sandbox broke its limits {MAX_RESTARTS + 1} times")
+            if self.restarts > SANDBOX_RESTARTS:
+                raise SandboxGone(f"not graded: the sandbox broke its limits {SANDBOX_RESTARTS + 1} times")
             if time.monotonic() >= self.deadline:
                 raise SandboxGone(f"time limit: the notebook used up its {self.limits.notebook_seconds:g} s")
             sb = Sandbox(self.limits, hide=self.hide, worker=self.worker)
@@ -262,79 +266,101 @@ class _Run:
             raise
 
 
-def grade_notebook(source: AssignmentSource, raw: bytes, *, limits: Limits | None = None, worker: int = 0,
-                   hide: list[str] | None = None) -> Graded:
-    """Grade one submission (the notebook file's bytes) against ``source``."""
-    start = time.monotonic()
-    limits = limits or Limits()
-    if len(raw) > MAX_NOTEBOOK_BYTES:
-        return zero(source, f"the notebook is {len(raw) / 2**20:.1f} MiB, over the "
-                            f"{MAX_NOTEBOOK_BYTES / 2**20:.0f} MiB limit")
+def read_submission(raw: bytes) -> tuple[dict | None, str]:
+    """Step 1: the submitted file as a notebook, or ``(None, why not)``."""
+    if len(raw) > NOTEBOOK_BYTES:
+        return None, (f"the notebook is {len(raw) / 2**20:.1f} MiB, over the "
+                      f"{NOTEBOOK_BYTES / 2**20:.0f} MiB limit")
     try:
         submitted = nbformat.reads(raw.decode("utf-8"), as_version=4)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a reason
-        return zero(source, f"not a valid Jupyter notebook: {type(exc).__name__}: {str(exc)[:300]}")
+        return None, f"not a valid Jupyter notebook: {type(exc).__name__}: {str(exc)[:300]}"
     if not isinstance(submitted, dict) or not isinstance(submitted.get("cells"), list):
-        return zero(source, "not a valid Jupyter notebook: it has no list of cells")
+        return None, "not a valid Jupyter notebook: it has no list of cells"
+    return submitted, ""
+
+
+def look_for_tampering(plan: list[tuple[SourceCell, str]]) -> tuple[Submission, str]:
+    """Step 3: the student's code, parsed, and the reason to grade nothing if it reaches for the guard."""
+    submission = Submission([code for sc, code in plan if sc.kind in ("answer", "added")],
+                            [code for sc, code in plan if sc.kind == "setup"])
+    tampering = tamper_findings(submission)
+    if not tampering:
+        return submission, ""
+    return submission, ("your code " + "; ".join(tampering) + " - the grader does not allow tools that can "
+                        "switch off its checks (see the exercise's rules), so no task was graded")
+
+
+def run_plan(plan: list[tuple[SourceCell, str]], run: _Run, notes: list[str]):
+    """Step 4: run every cell in the sandbox and every task's checks; ``(results, feedback notebook)``."""
+    feedback = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    results: list[TaskResult] = []
+    stopped: list[str] = []  # cells that ended a sandbox: they are not replayed
+    for i, (sc, code) in enumerate(plan):
+        if sc.kind == "markdown":
+            feedback.cells.append(nbformat.v4.new_markdown_cell(code))
+            continue
+        label = sc.grade_id or f"added-{i}"
+        if sc.kind != "test":
+            reply = run.execute(label, code)
+            if reply.get("gone"):
+                stopped.append(f"cell {label} stopped the sandbox ({reply['error']['message']}), so "
+                               f"nothing it defined exists")
+                notes.append(stopped[-1])
+            feedback.cells.append(_code_cell(code, reply, sc))
+            continue
+        visible, hidden = _split_test(code)
+        reply = run.execute(f"test {sc.grade_id}", visible)
+        reason = _task_reason(run, sc, reply, hidden)
+        if reason and stopped:
+            reason += f" [earlier, {stopped[-1]}]"
+        results.append(TaskResult(sc.grade_id, 0.0 if reason else sc.points, sc.points, reason or "passed"))
+        feedback.cells.append(_test_cell(visible, reply, results[-1], sc))
+    return results, feedback
+
+
+def _task_reason(run: _Run, sc: SourceCell, reply: dict, hidden: str) -> str | None:
+    """Why a task lost its points (its visible part failed, or a hidden check did), or None."""
+    if not reply.get("ok"):
+        if reply.get("gone"):
+            return reply["error"]["message"]
+        return _reason(StudentError(reply["error"].get("type", "Error"), reply["error"].get("message", "")))
+    if not hidden.strip():
+        return None
+    try:
+        run.hidden(sc.grade_id, hidden)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a failed check or a limit: a reason
+        return _reason(exc)
+    return None
+
+
+def grade_notebook(source: AssignmentSource, raw: bytes, *, limits: Limits | None = None, worker: int = 0,
+                   hide: list[str] | None = None) -> Graded:
+    """Grade one submission (the notebook file's bytes) against ``source``, in the steps above."""
+    start = time.monotonic()
+    limits = limits or Limits()
+    submitted, problem = read_submission(raw)
+    if submitted is None:
+        return zero(source, problem)
     plan, notes = rebuild(source, submitted)
     kernel = ((submitted.get("metadata") or {}).get("kernelspec") or {}).get("name")
     if kernel not in (None, "python3"):
         notes.append(f"the notebook asked for kernel {kernel!r}; it was graded with the course's Python 3")
-
-    student_code = [code for sc, code in plan if sc.kind in ("answer", "added")]
-    setup_code = [code for sc, code in plan if sc.kind == "setup"]
-    submission = Submission(student_code, setup_code)
-    tampering = tamper_findings(submission)
-    feedback = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                 "language": "python"}})
-    if tampering:
-        reason = ("your code " + "; ".join(tampering) + " - the grader does not allow tools that can "
-                  "switch off its checks (see the exercise's rules), so no task was graded")
-        graded = zero(source, reason)
+    submission, refused = look_for_tampering(plan)
+    if refused:
+        graded = zero(source, refused)
         graded.notes = notes + graded.notes
         graded.seconds = time.monotonic() - start
         return graded
-
     run = _Run(limits, worker, hide or [], submission)
-    scores: list[TaskScore] = []
-    stopped: list[str] = []  # cells that ended a sandbox: they are not replayed
     try:
-        for i, (sc, code) in enumerate(plan):
-            if sc.kind == "markdown":
-                feedback.cells.append(nbformat.v4.new_markdown_cell(code))
-                continue
-            label = sc.grade_id or f"added-{i}"
-            if sc.kind != "test":
-                reply = run.execute(label, code)
-                if reply.get("gone"):
-                    stopped.append(f"cell {label} stopped the sandbox ({reply['error']['message']}), so "
-                                   f"nothing it defined exists")
-                    notes.append(stopped[-1])
-                feedback.cells.append(_code_cell(code, reply, sc))
-                continue
-            visible, hidden = _split_test(code)
-            reason = None
-            reply = run.execute(f"test {sc.grade_id}", visible)
-            if not reply.get("ok"):
-                reason = _reason(StudentError(reply["error"].get("type", "Error"),
-                                              reply["error"].get("message", "")))
-                if reply.get("gone"):
-                    reason = reply["error"]["message"]
-            elif hidden.strip():
-                try:
-                    run.hidden(sc.grade_id, hidden)
-                except BaseException as exc:  # noqa: BLE001 - a failed check or a limit: a reason
-                    if isinstance(exc, (KeyboardInterrupt,)):
-                        raise
-                    reason = _reason(exc)
-            if reason and stopped:
-                reason += f" [earlier, {stopped[-1]}]"
-            score = 0.0 if reason else sc.points
-            scores.append(TaskScore(sc.grade_id, score, sc.points, reason or "passed"))
-            feedback.cells.append(_test_cell(visible, reply, scores[-1], sc))
+        results, feedback = run_plan(plan, run, notes)
     finally:
         run.close()
-    return Graded(scores, notes, feedback, time.monotonic() - start)
+    return Graded(results, notes, feedback, time.monotonic() - start)
 
 
 def _code_cell(code: str, reply: dict, sc: SourceCell):
@@ -351,7 +377,7 @@ def _code_cell(code: str, reply: dict, sc: SourceCell):
     return cell
 
 
-def _test_cell(visible: str, reply: dict, score: TaskScore, sc: SourceCell):
+def _test_cell(visible: str, reply: dict, score: TaskResult, sc: SourceCell):
     cell = nbformat.v4.new_code_cell(visible.rstrip() + "\n# (the hidden tests of this cell ran in the grader)")
     cell.metadata["llmcourse"] = {"kind": "test", "grade_id": sc.grade_id}
     if reply.get("output"):

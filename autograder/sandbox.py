@@ -30,8 +30,9 @@ import os
 import sys
 import traceback
 
+from autograder.limits import OUTPUT_CHARACTERS
+
 REPLY_FD = 3
-OUTPUT_CAP = 20_000  # characters of printed output kept per request
 
 
 class _CappedText(io.TextIOBase):
@@ -138,8 +139,8 @@ def isolate(config: dict) -> None:
 
 # ----------------------------------------------------------------------------- requests
 
-class Server:
-    """The student's namespace and the request loop."""
+class StudentNamespace:
+    """The student's namespace, the objects handed out by handle, and the requests that use them."""
 
     def __init__(self):
         self.namespace = {"__name__": "__main__", "__builtins__": builtins}
@@ -215,7 +216,7 @@ class Server:
         from autograder.guard import ForbiddenCall
 
         op = req.get("op")
-        out = _CappedText(OUTPUT_CAP)
+        out = _CappedText(OUTPUT_CHARACTERS)
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = out
         try:
@@ -267,7 +268,7 @@ def main(argv: list[str]) -> int:
     random.seed(0)  # the same submission gives the same answers every time it is graded
     numpy.random.seed(0)
     os.set_inheritable(reply_fd, False)
-    server = Server()
+    server = StudentNamespace()
     wire.send(reply_fd, {"ok": True, "ready": True, "pid": os.getpid(), "uid": os.getuid()})
     while True:
         try:

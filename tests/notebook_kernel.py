@@ -14,7 +14,6 @@ from pathlib import Path
 import nbformat
 import pytest
 
-
 SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import nbformat
 import pytest
@@ -19,7 +20,7 @@ SOURCE = AssignmentSource.load(A, SOLUTIONS / A / NB, EXERCISES / A / NB)
 
 def _grade(nb) -> tuple:
     graded = grade_notebook(SOURCE, nbformat.writes(nb).encode())
-    rows = [TaskResult("ada", A, s.task, s.score, s.max_score, s.reason) for s in graded.scores]
+    rows = [replace(s, student="ada", assignment=A) for s in graded.scores]
     return graded, feedback_page("ada", A, rows, graded.notes, graded.notebook)
 
 
@@ -36,7 +37,7 @@ def test_feedback_keeps_the_students_markdown_and_renders_math_offline():
 
 
 def test_score_table_header_cells_are_separate_and_padded():
-    table = summary_table("ada", A, [TaskResult("ada", A, "ch01_fit", 0.0, 4.0, "w differs")])
+    table = summary_table("ada", A, [TaskResult("ch01_fit", 0.0, 4.0, "w differs", "ada", A)])
     assert re.search(r"<th [^>]*padding[^>]*>task</th>\s+<th [^>]*>score</th>\s+<th [^>]*>reason</th>", table)
     assert re.search(r"<td [^>]*padding[^>]*>ch01_fit</td>\s+<td", table)
 
