@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 #   make book TORCH_PIP_FLAGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_FLAGS ?=
 
-.PHONY: install book test test-fast release lint bench clean help
+.PHONY: install book check-book test test-fast release lint bench clean help
 
 help:
 	@echo "make book     build the HTML book into _build/html (installs first if needed)"
 	@echo "make test     run the test suite (installs first if needed)"
+	@echo "make check-book  open every built page in headless Chromium: images, math, errors, console, widgets, links"
 	@echo "make release  regenerate exercises/ from solutions/"
 	@echo "make lint     ruff over the library, autograder and tests"
 	@echo "make bench    measure build and grading times into benchmarks/results/"
@@ -34,6 +35,10 @@ book: $(STAMP)
 		$(VENV)/bin/jupyter-book build . -W --keep-going
 	@echo; echo "Book built. Open: file://$(CURDIR)/_build/html/index.html"
 
+# Needs Debian's chromium and chromium-driver (.ci/run installs them); screenshots go to _build/check-book/.
+check-book: $(STAMP)
+	$(PY) -m tools.check_book _build/html --out _build/check-book
+
 test: $(STAMP)
 	$(PY) -m pytest
 
@@ -44,7 +49,7 @@ release: $(STAMP)
 	$(PY) -m autograder release
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src autograder tests benchmarks
+	$(VENV)/bin/ruff check src autograder tests benchmarks tools
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_book.py
