@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llmcourse.cnn import DigitsCNN, DigitsResNet, LeNet5, ResidualBlock
+from llmcourse.cnn import DigitsCNN, DigitsResNet, LeNet5, PreActResidualBlock, ResidualBlock
 from llmcourse.datasets import load_digits
 from llmcourse.training import count_parameters, predict_logits, train_classifier
 
@@ -30,6 +30,20 @@ def test_residual_block_is_identity_plus_correction():
         torch.nn.init.zeros_(bn.weight)  # F(x) = 0
     x = torch.rand(2, 4, 5, 5)  # non-negative, so relu(x + 0) == x
     torch.testing.assert_close(block(x), x)
+
+
+def test_identity_path_gradient_is_gated_by_relu_unless_pre_activation():
+    """With F = 0, d(sum of outputs)/dx is 1[x > 0] for relu(x + F(x)) but exactly 1 for x + F(x)."""
+    torch.manual_seed(0)
+    post, pre = ResidualBlock(4).eval(), PreActResidualBlock(4).eval()
+    torch.nn.init.zeros_(post.bn2.weight)  # F(x) = 0 in the post-activation block
+    torch.nn.init.zeros_(pre.conv2.weight)  # F(x) = 0 in the pre-activation block
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    for block, want in ((post.double(), (x > 0).double()), (pre.double(), torch.ones_like(x))):
+        xg = x.clone().requires_grad_(True)
+        block(xg).sum().backward()
+        torch.testing.assert_close(xg.grad, want, rtol=0, atol=0)
+    assert PreActResidualBlock(4)(torch.randn(2, 4, 5, 5)).shape == (2, 4, 5, 5)
 
 
 def test_bad_input_shape():

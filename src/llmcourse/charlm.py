@@ -96,8 +96,11 @@ def train_char_lm(model: CharLSTM, data: torch.Tensor, *, steps: int = 300, bloc
                   batch_size: int = 32, lr: float = 1e-2, seed: int = 0) -> list[float]:
     """Adam on next-character cross-entropy over random windows; returns the loss (nats/char) per step.
 
-    The gradient norm is clipped at 1.0 (Pascanu, Mikolov & Bengio 2013); truncated BPTT over
-    ``block_size`` steps, the state starting at zero in every window.
+    The gradient norm is clipped at 1.0 (Pascanu, Mikolov & Bengio 2013). Every window starts
+    from a zero state and the gradient flows back through its ``block_size`` steps only, so the
+    model never learns from more than ``block_size`` characters of context. This is *not*
+    truncated BPTT, which walks through the text in consecutive chunks and carries the state
+    from one chunk into the next (Williams & Peng 1990); here the windows are independent.
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

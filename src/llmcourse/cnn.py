@@ -5,7 +5,12 @@
   scale. 6,090 parameters (width 16); it reaches about 98 % test accuracy on
   scikit-learn's digits in a few seconds on a CPU.
 * ``ResidualBlock`` - ``relu(x + F(x))`` with ``F`` two 3x3 convolutions with
-  batch normalisation, the building block of ResNet (He et al. 2016).
+  batch normalisation, the building block of ResNet (He et al. 2016, CVPR).
+* ``PreActResidualBlock`` - ``x + F(x)`` with ``F`` = BN-ReLU-conv-BN-ReLU-conv,
+  the "pre-activation" block of He et al. (2016, ECCV, "Identity mappings in
+  deep residual networks"): nothing follows the addition, so the identity path
+  passes the gradient through unchanged. In ``ResidualBlock`` the ReLU after
+  the sum gates it.
 * ``DigitsResNet`` - a stem convolution, residual blocks and global average
   pooling, to compare with ``DigitsCNN``.
 * ``LeNet5`` - the layer sizes of LeNet-5 (LeCun et al. 1998) for 32x32 inputs,
@@ -79,8 +84,10 @@ class ResidualBlock(nn.Module):
     """``relu(x + F(x))`` with ``F`` = conv3x3-BN-ReLU-conv3x3-BN (He et al. 2016, "basic block").
 
     The two convolutions keep the shape (N, C, H, W), so ``x`` can be added to
-    ``F(x)`` without a projection. Because the block outputs ``x`` plus a
-    correction, the gradient reaches ``x`` through the identity path unchanged.
+    ``F(x)`` without a projection. The gradient that reaches ``x`` along the
+    identity path is the output gradient times ``1[x + F(x) > 0]``: the ReLU
+    after the sum zeroes it wherever the sum is negative. ``PreActResidualBlock``
+    moves that ReLU into ``F`` so that the identity path is clean.
     """
 
     def __init__(self, channels: int):
@@ -93,6 +100,26 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         residual = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
         return torch.relu(x + residual)
+
+
+class PreActResidualBlock(nn.Module):
+    """``x + F(x)`` with ``F`` = BN-ReLU-conv3x3-BN-ReLU-conv3x3 (He et al. 2016, ECCV, "pre-activation").
+
+    Shapes: (N, C, H, W) -> (N, C, H, W). Nothing is applied after the sum, so
+    d(output)/d(x) = I + dF/dx: the identity path carries the gradient back
+    unchanged, through any number of stacked blocks.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        residual = self.conv2(torch.relu(self.bn2(self.conv1(torch.relu(self.bn1(x))))))
+        return x + residual
 
 
 class DigitsResNet(nn.Module):

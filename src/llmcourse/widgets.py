@@ -1,11 +1,20 @@
 """Widgets that work in JupyterLab and still show something in the built book.
 
 A widget needs a running Python kernel: in the static HTML book its sliders
-cannot call back into Python. ``interact(plot, **controls)`` therefore sends
-*two* views of the same output: the live widget (JupyterLab picks it) and a PNG
-snapshot of the figure at the default settings (the book picks it, because its
-``_config.yml`` drops the widget view). Readers of the HTML see the figure and
-an invitation to open the page as a notebook to move the sliders.
+cannot call back into Python. ``interact(plot, **controls)`` therefore shows
+the figure in one of two ways:
+
+* in a live notebook, one output that carries two views of the same figure:
+  the live widget (JupyterLab picks it) and a PNG snapshot at the default
+  settings (a viewer without the widget manager picks that);
+* while the book is built (``make book`` sets ``LLMCOURSE_BOOK_BUILD=1``),
+  the PNG snapshot alone, so the HTML page holds an image and never a widget
+  model or a widget's text form (``VBox(children=(HBox(...``).
+
+``interact`` returns ``None`` on purpose. A cell whose last line is
+``interact(...)`` then shows nothing more: had it returned the widget, IPython
+would display that value a second time, and the static book, which cannot
+render widgets, would print its text form under the figure.
 
 Taught in: book/intro
 """
@@ -20,7 +29,10 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 from IPython.display import display
 
+from llmcourse.progress import in_book_build
+
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+SNAPSHOT_TEXT = "Interactive figure: open this page as a notebook to use the controls."
 
 
 def _png(fig) -> str:
@@ -30,7 +42,7 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def interact(plot: Callable[..., object], **controls: W.ValueWidget) -> W.VBox:
+def interact(plot: Callable[..., object], **controls: W.ValueWidget) -> None:
     """Show ``plot(**values)`` under a set of controls, redrawn on every change.
 
     Args:
@@ -38,7 +50,9 @@ def interact(plot: Callable[..., object], **controls: W.ValueWidget) -> W.VBox:
             returns the ``matplotlib.figure.Figure`` (it must not call ``plt.show``).
         controls: one ipywidget per keyword, e.g. ``w=FloatSlider(value=1, min=-3, max=3)``.
 
-    Returns the ``VBox`` that was displayed (controls on top, figure below).
+    Displays the controls with the figure below them (in the book build: the
+    figure at the default settings, as a PNG). Returns ``None``, so a cell
+    ending in ``interact(...)`` shows the figure once, with or without ``;``.
     """
     if not callable(plot):
         raise TypeError(f"plot must be callable, got {type(plot).__name__}")
@@ -57,6 +71,11 @@ def interact(plot: Callable[..., object], **controls: W.ValueWidget) -> W.VBox:
             raise TypeError(f"plot(...) must return a matplotlib Figure, got {type(fig).__name__}")
         return fig
 
+    snapshot = _png(draw(values()))
+    if in_book_build():  # static HTML: the image only, no widget model, no widget text
+        display({"image/png": snapshot}, raw=True)
+        return None
+
     out = W.Output()
 
     def redraw(_change=None):
@@ -69,10 +88,8 @@ def interact(plot: Callable[..., object], **controls: W.ValueWidget) -> W.VBox:
     for ctl in controls.values():
         ctl.observe(redraw, names="value")
     box = W.VBox([W.HBox(list(controls.values()), layout=W.Layout(flex_flow="row wrap")), out])
-    snapshot = _png(draw(values()))
     redraw()
-    bundle = dict(box._repr_mimebundle_())
-    bundle["image/png"] = snapshot
-    bundle["text/plain"] = "Interactive figure: open this page as a notebook to use the controls."
+    bundle = {WIDGET_MIME: box._repr_mimebundle_()[WIDGET_MIME], "image/png": snapshot,
+              "text/plain": SNAPSHOT_TEXT}
     display(bundle, raw=True)
-    return box
+    return None
