@@ -73,6 +73,10 @@ def test_timeline_key_numbers_correct():
     assert "30 Nov 2022" in _find("chatgpt").what
     assert "7B-65B" in _find("llama").what
     assert "not disclose" in _find("gpt-4").what
+    assert "every" not in _find("transformer").what, "not every later LLM is a Transformer (Mamba)"
+    assert "disputes" in _find("lighthill").what, "the first AI winter is contested (Haigh 2024)"
+    assert (_find("ernie bot").year, _find("ernie bot").month) == (2023, 3)
+    assert _find("werbos").year == 1974
 
 
 def test_timeline_filter_by_category():

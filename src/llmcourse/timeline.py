@@ -7,8 +7,12 @@ announcement) that backs the date. ``events()`` filters the list by category,
 self-contained interactive SVG (no internet, no external JavaScript) that works in
 JupyterLab and in the static HTML book.
 
-Sources: each event's ``source`` field; the periodisation of the AI winters follows
-Russell & Norvig, *Artificial Intelligence: A Modern Approach*, 4th ed. (2020), ch. 1.
+Sources: each event's ``source`` field. The shaded AI winters use the conventional
+dates of popular histories (about 1974-1980 and 1987-1993; the phrase "AI winter" dates
+from a 1984 AAAI debate, Crevier, *AI: The Tumultuous History of the Search for
+Artificial Intelligence*, 1993). The first is disputed: Haigh, "How the AI Boom Went
+Bust", Communications of the ACM (2024), finds steady growth in the 1970s and a single
+long slump after the expert-system bubble of the 1980s.
 
 Taught in: book/01-history
 """
@@ -25,7 +29,7 @@ CATEGORIES = ("foundations", "symbolic", "connectionist", "winter", "deep learni
 _COLORS = {"foundations": "#000000", "symbolic": "#E69F00", "connectionist": "#009E73",
            "winter": "#56B4E9", "deep learning": "#0072B2", "LLM": "#D55E00"}
 _MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
-WINTERS = ((1974, 1980), (1987, 1993))  # approximate spans, after Russell & Norvig (2020)
+WINTERS = ((1974, 1980), (1987, 1993))  # conventional spans of popular histories; the first is disputed
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,19 @@ _EVENTS = (
       "Ivakhnenko & Lapa, Cybernetic Predicting Devices (1965)"),
     E(1966, 1, "ELIZA", "Weizenbaum's pattern-matching chatbot imitates a psychotherapist.",
       "symbolic", "Weizenbaum, Communications of the ACM 9(1):36-45 (Jan 1966)"),
-    E(1969, None, "'Perceptrons' (Minsky & Papert)", "Proves that a single-layer perceptron "
-      "cannot compute functions such as XOR or parity; interest in neural nets fades.",
-      "connectionist", "Minsky & Papert, Perceptrons, MIT Press (1969)"),
+    E(1969, None, "'Perceptrons' (Minsky & Papert)", "Proves that perceptrons whose fixed "
+      "feature detectors each see only a few inputs cannot compute parity (XOR is its "
+      "smallest case) or connectedness; funding for neural nets dwindles.",
+      "connectionist", "Minsky & Papert, Perceptrons, MIT Press (1969); Russell & Norvig "
+      "(2020), sec. 1.3"),
     E(1973, None, "Lighthill report", "A UK review finds that AI has not delivered the impact it "
-      "promised; funding is cut: the first AI winter (about 1974-1980).", "winter",
-      "Lighthill, Artificial Intelligence: A General Survey, Science Research Council (1973)"),
+      "promised and British funding is cut; popular histories date a 'first AI winter' to "
+      "about 1974-1980, which Haigh (2024) disputes.", "winter",
+      "Lighthill, Artificial Intelligence: A General Survey, Science Research Council (1973); "
+      "Crevier (1993)"),
+    E(1974, None, "Werbos's thesis", "Werbos's Harvard PhD thesis describes reverse-mode "
+      "differentiation for training neural networks (published for networks in 1982).",
+      "connectionist", "Werbos, Beyond Regression, PhD thesis, Harvard University (1974)"),
     E(1976, None, "MYCIN expert system", "Hundreds of hand-written if-then rules diagnose blood "
       "infections and recommend antibiotics, with certainty factors.", "symbolic",
       "Shortliffe, Computer-Based Medical Consultations: MYCIN, Elsevier (1976)"),
@@ -99,8 +110,9 @@ _EVENTS = (
       "gradient descent through hidden layers learns useful internal representations.",
       "connectionist", "Rumelhart, Hinton & Williams, Nature 323:533-536 (9 Oct 1986)"),
     E(1987, None, "Second AI winter", "The market for Lisp machines and expert systems "
-      "collapses; funding dries up again (about 1987-1993).", "winter",
-      "Russell & Norvig, Artificial Intelligence: A Modern Approach, 4th ed., sec. 1.3 (2020)"),
+      "collapses; funding dries up again (about 1987-1993; Haigh sees a two-decade slump).",
+      "winter", "Russell & Norvig, Artificial Intelligence: A Modern Approach, 4th ed., "
+      "sec. 1.3 (2020); Haigh, Communications of the ACM (2024)"),
     E(1989, None, "Convolutional net reads ZIP codes", "LeCun et al. train a convolutional "
       "network with backpropagation on handwritten digits.", "connectionist",
       "LeCun et al., Neural Computation 1(4):541-551 (1989)"),
@@ -149,7 +161,7 @@ _EVENTS = (
       "better performance per watt than contemporary CPUs and GPUs.", "deep learning",
       "Jouppi et al., arXiv:1704.04760; ISCA 2017"),
     E(2017, 6, "Transformer", "'Attention Is All You Need': attention without recurrence; the "
-      "architecture of every later LLM.", "deep learning",
+      "architecture of almost all later LLMs.", "deep learning",
       "Vaswani et al., arXiv:1706.03762; NeurIPS 30 (2017)"),
     E(2017, 10, "AlphaGo Zero", "Learns Go from self-play alone, without human games, and "
       "beats the version that defeated Lee Sedol 100-0.", "deep learning",
@@ -186,6 +198,9 @@ _EVENTS = (
     E(2023, 2, "LLaMA", "Meta's LLaMA (Large Language Model Meta AI), 7B-65B parameters, trained "
       "on public data only; weights given to researchers.", "LLM",
       "Touvron et al., arXiv:2302.13971 (2023)"),
+    E(2023, 3, "ERNIE Bot", "Baidu presents 文心一言 (ERNIE Bot), China's first ChatGPT-style "
+      "assistant; it opens to the public on 31 Aug 2023.", "LLM",
+      "Semafor (16 Mar 2023); Al Jazeera (31 Aug 2023)"),
     E(2023, 3, "GPT-4", "A large multimodal model; OpenAI does not disclose its size, data or "
       "architecture.", "LLM", "OpenAI, GPT-4 Technical Report, arXiv:2303.08774 (2023)"),
     E(2023, 7, "Llama 2", "Open-weight 7B-70B models, with chat versions tuned by RLHF.", "LLM",
