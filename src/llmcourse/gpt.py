@@ -213,26 +213,17 @@ class GPT(nn.Module):
 
         Each step feeds the last ``block_size`` tokens, divides the last logits by
         ``temperature`` (0 means greedy), keeps the ``top_k`` largest if given, and samples
-        with ``generator``. Call ``model.eval()`` first to switch dropout off.
+        with ``generator``. Call ``model.eval()`` first to switch dropout off. This is a
+        shortcut for :func:`llmcourse.decoding.generate`, which has every other strategy.
         """
-        if not isinstance(idx, Tensor):
-            raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
-        self._check_idx(idx[:, -self.config.block_size:])
+        from llmcourse.decoding import generate
+
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size:])
-            logits = logits[:, -1, :]  # (B, V)
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)  # (B, 1)
-            idx = torch.cat([idx, nxt], dim=1)
-        return idx
+        if temperature == 0:
+            return generate(self, idx, max_new_tokens, strategy="greedy")
+        return generate(self, idx, max_new_tokens, strategy="sample", temperature=temperature, top_k=top_k,
+                        generator=generator)
 
     # ----------------------------------------------------------------- Hugging Face
 
