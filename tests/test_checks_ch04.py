@@ -1,17 +1,19 @@
-"""The chapter 4 checks have teeth: the shipped solution passes, planted mistakes fail.
+"""The chapter 4 checks are fair both ways: correct answers get full marks, planted mistakes fail.
 
-The solution functions come from the nbgrader source notebook itself (setup and answer
-cells, executed as a notebook kernel would). Each wrong implementation is a mistake a
-student could plausibly make; each must make its check raise CheckFailed with a message
-that names what is wrong.
+The solution functions come from the nbgrader source notebook itself (setup and answer cells,
+executed as a notebook kernel would). Beside them, each task has correct implementations written
+differently (NumPy loops in float64, einsum, shift-and-add, im2col by index gather or as_strided,
+pooling by reshape, other networks, optimisers and a validation split made with scikit-learn),
+which must pass too. Each wrong implementation is a mistake a student could plausibly make; each
+must make its check raise CheckFailed with a message that names what is wrong.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from pathlib import Path
 
-import nbformat
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,12 +22,7 @@ from torch import nn
 from autograder.checks import ch04_cnn as checks
 from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, call_guarded, static_violations
-from tests.notebook_kernel import (
-    assert_hidden_tests_call_checks,
-    kernel,
-    planted,
-    solution_namespace,
-)
+from tests.notebook_kernel import correct, kernel, planted, solution_of
 
 ASSIGNMENT = "ch04_cnn"
 # The mistake the nbgrader round trip in test_autograder_cli plants: (answer cell, wrong code).
@@ -43,46 +40,16 @@ ROUND_TRIP_MISTAKE = ("ch04_max_pool2d_answer",
 
 pytestmark = pytest.mark.ch04
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "solutions" / "ch04_cnn" / "ch04_cnn.ipynb"
-GRADE_IDS = {
-    "ch04_conv2d_loops": ("conv2d_loops", "conv2d_loops"),
-    "ch04_conv2d_im2col": ("conv2d_im2col", "conv2d_im2col"),
-    "ch04_max_pool2d": ("max_pool2d", "max_pool2d"),
-    "ch04_train_cnn": ("train_cnn", "train_cnn"),
-}
 
-
-@pytest.fixture(scope="module")
-def notebook():
-    return nbformat.read(NOTEBOOK, as_version=4)
-
-
-@pytest.fixture(scope="module")
-def solution() -> dict:
-    """The namespace left by the notebook's setup and answer cells (the reference solution)."""
-    return solution_namespace(NOTEBOOK)
-
-
-def check_of(grade_id: str):
-    return getattr(checks, f"check_{GRADE_IDS[grade_id][0]}")
+def check_of(task):
+    return getattr(checks, task.check)
 
 
 # ----------------------------------------------------------------- the notebook itself
 
-def test_notebook_grade_ids_call_their_hidden_checks(notebook):
-    assert_hidden_tests_call_checks(notebook, GRADE_IDS)
-
-
-@pytest.mark.parametrize("grade_id", list(GRADE_IDS))
-def test_solution_passes_check(solution, grade_id):
-    check_of(grade_id)(solution[GRADE_IDS[grade_id][1]])
-
-
-def test_solutions_use_nothing_forbidden(solution):
-    for name, forbidden in (("conv2d_loops", checks.FORBIDDEN_CONV), ("conv2d_im2col", checks.FORBIDDEN_CONV),
-                            ("max_pool2d", checks.FORBIDDEN_POOL)):
-        assert static_violations(solution[name], modules=checks.FORBIDDEN_MODULES, callables=forbidden) == []
-    assert static_violations(solution["train_cnn"], modules=checks.FORBIDDEN_CNN_MODULES) == []
+@pytest.mark.parametrize("task", checks.TASKS, ids=lambda t: t.grade_id)
+def test_solution_passes_check(task):
+    check_of(task)(solution_of(ASSIGNMENT)[task.name])
 
 
 def test_check_cases_cover_the_brief():
@@ -94,6 +61,261 @@ def test_check_cases_cover_the_brief():
     assert any(not c[9] for c in cases), "bias None"
     assert len({c[0] for c in cases}) >= 3 and len({c[1] for c in cases}) >= 3
     assert any(s is None for *_, s in checks.POOL_CASES) and any(s is not None for *_, s in checks.POOL_CASES)
+
+
+# ----------------------------------------------------------------- correct variants: full marks
+
+def conv2d_loops_numpy_float64(x, weight, bias=None, stride=1, padding=0):
+    xn, wn = x.numpy().astype(np.float64), weight.numpy().astype(np.float64)
+    n, c_in, h, w = xn.shape
+    c_out, _, kh, kw = wn.shape
+    xp = np.pad(xn, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    h_out, w_out = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    out = np.zeros((n, c_out, h_out, w_out))
+    for b in range(n):
+        for o in range(c_out):
+            for i in range(h_out):
+                for j in range(w_out):
+                    win = xp[b, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                    out[b, o, i, j] = np.sum(win * wn[o]) + (0.0 if bias is None else float(bias[o]))
+    return torch.from_numpy(out).float()
+
+
+def conv2d_loops_einsum_per_pixel(x, weight, bias=None, stride=1, padding=0):
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    zeros_w = torch.zeros(n, c_in, h, padding)
+    xp = torch.cat([zeros_w, x, zeros_w], dim=3)
+    zeros_h = torch.zeros(n, c_in, padding, xp.shape[3])
+    xp = torch.cat([zeros_h, xp, zeros_h], dim=2)
+    rows = []
+    for i in range(0, xp.shape[2] - kh + 1, stride):
+        row = []
+        for j in range(0, xp.shape[3] - kw + 1, stride):
+            row.append(torch.einsum("ncuv,ocuv->no", xp[:, :, i:i + kh, j:j + kw], weight))
+        rows.append(torch.stack(row, dim=-1))
+    out = torch.stack(rows, dim=-2)
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+def conv2d_loops_shift_and_add(x, weight, bias=None, stride=1, padding=0):
+    # loops over the kernel offsets: each (c, u, v) adds a scaled, strided copy of the image
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    xp = F.pad(x, [padding] * 4)
+    h_out, w_out = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    out = torch.zeros(n, c_out, h_out, w_out)
+    for c in range(c_in):
+        for u in range(kh):
+            for v in range(kw):
+                shifted = xp[:, c, u:u + (h_out - 1) * stride + 1:stride, v:v + (w_out - 1) * stride + 1:stride]
+                out += weight[:, c, u, v][None, :, None, None] * shifted[:, None]
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1)
+    return out
+
+
+def conv2d_im2col_window_by_window(x, weight, bias=None, stride=1, padding=0):
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    h_out, w_out = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    xp = F.pad(x, (padding, padding, padding, padding))
+    cols = torch.zeros(n, c_in * kh * kw, h_out * w_out)
+    for i in range(h_out):
+        for j in range(w_out):
+            cols[:, :, i * w_out + j] = xp[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw].reshape(n, -1)
+    out = torch.matmul(weight.view(c_out, -1), cols)
+    if bias is not None:
+        out = out + bias[:, None]
+    return out.view(n, c_out, h_out, w_out)
+
+
+def conv2d_im2col_gather_indices(x, weight, bias=None, stride=1, padding=0):
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    h_out, w_out = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    xp = F.pad(x, (padding,) * 4)
+    # row index of pixel (u, i) is i*stride + u; build (kH*kW, H_out*W_out) index grids
+    u = torch.arange(kh).repeat_interleave(kw)            # (kH*kW,)
+    v = torch.arange(kw).repeat(kh)
+    i = torch.arange(h_out).repeat_interleave(w_out)      # (H_out*W_out,)
+    j = torch.arange(w_out).repeat(h_out)
+    rows = u[:, None] + stride * i[None, :]
+    cols_ = v[:, None] + stride * j[None, :]
+    cols = xp[:, :, rows, cols_]                          # (N, C_in, kH*kW, H_out*W_out)
+    cols = cols.reshape(n, c_in * kh * kw, h_out * w_out)
+    out = weight.reshape(c_out, -1) @ cols
+    if bias is not None:
+        out += bias.view(1, c_out, 1)
+    return out.reshape(n, c_out, h_out, w_out)
+
+
+def conv2d_im2col_as_strided_float64(x, weight, bias=None, stride=1, padding=0):
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    xp = F.pad(x.double(), (padding,) * 4).contiguous()
+    h_out, w_out = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    sn, sc, sh, sw = xp.stride()
+    win = xp.as_strided((n, c_in, kh, kw, h_out, w_out), (sn, sc, sh, sw, sh * stride, sw * stride))
+    cols = win.reshape(n, c_in * kh * kw, h_out * w_out)
+    out = torch.einsum("ok,nkp->nop", weight.double().reshape(c_out, -1), cols)
+    if bias is not None:
+        out = out + bias.double()[None, :, None]
+    return out.reshape(n, c_out, h_out, w_out).float()
+
+
+def max_pool2d_window_loops(x, kernel_size, stride=None):
+    s = kernel_size if stride is None else stride
+    n, c, h, w = x.shape
+    h_out, w_out = (h - kernel_size) // s + 1, (w - kernel_size) // s + 1
+    out = torch.empty(n, c, h_out, w_out)
+    for i in range(h_out):
+        for j in range(w_out):
+            out[:, :, i, j] = x[:, :, i * s:i * s + kernel_size, j * s:j * s + kernel_size].amax(dim=(-2, -1))
+    return out
+
+
+def max_pool2d_reshape_or_strided(x, kernel_size, stride=None):
+    k = kernel_size
+    s = k if stride is None else stride
+    n, c, h, w = x.shape
+    h_out, w_out = (h - k) // s + 1, (w - k) // s + 1
+    if s == k:  # non-overlapping windows: crop, then one reshape
+        blocks = x[:, :, :h_out * k, :w_out * k].reshape(n, c, h_out, k, w_out, k)
+        return blocks.amax(dim=5).amax(dim=3)
+    windows = torch.stack([x[:, :, u:u + s * (h_out - 1) + 1:s, v:v + s * (w_out - 1) + 1:s]
+                           for u in range(k) for v in range(k)])
+    return windows.max(dim=0).values
+
+
+def max_pool2d_numpy_as_strided(x, kernel_size, stride=None):
+    k = kernel_size
+    s = stride or k
+    a = np.ascontiguousarray(x.numpy())
+    n, c, h, w = a.shape
+    h_out, w_out = (h - k) // s + 1, (w - k) // s + 1
+    sn, sc, sh, sw = a.strides
+    win = np.lib.stride_tricks.as_strided(a, (n, c, h_out, w_out, k, k), (sn, sc, sh * s, sw * s, sh, sw))
+    return torch.from_numpy(win.max(axis=(4, 5)).copy())
+
+
+def train_cnn_validation_split(X_train, y_train):
+    """Keeps the epoch with the best accuracy on a validation split made with scikit-learn."""
+    from sklearn.model_selection import train_test_split
+
+    X_fit, X_val, y_fit, y_val = train_test_split(X_train, y_train, test_size=0.1, random_state=0,
+                                                  stratify=y_train)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(256, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    best, best_acc = None, -1.0
+    for _ in range(25):
+        model.train()
+        perm = torch.randperm(len(X_fit))
+        for i in range(0, len(X_fit), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            F.cross_entropy(model(X_fit[idx]), y_fit[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            acc = (model(X_val).argmax(1) == y_val).float().mean().item()
+        if acc > best_acc:
+            best, best_acc = copy.deepcopy(model.state_dict()), acc
+    model.load_state_dict(best)
+    return model
+
+
+class WideOneConv(nn.Module):
+    """One wide convolution, then a hidden linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 32, kernel_size=3)          # (B, 32, 6, 6)
+        self.pool = nn.MaxPool2d(2)                          # (B, 32, 3, 3)
+        self.fc1 = nn.Linear(32 * 9, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv(x)))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def train_cnn_sgd_momentum(X_train, y_train):
+    model = WideOneConv()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    loss_fn = nn.CrossEntropyLoss()
+    data = torch.utils.data.TensorDataset(X_train, y_train)
+    loader = torch.utils.data.DataLoader(data, batch_size=100, shuffle=True)
+    for _ in range(15):
+        for xb, yb in loader:
+            opt.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            opt.step()
+    return model
+
+
+def train_cnn_batchnorm_adamw_schedule(X_train, y_train):
+    model = nn.Sequential(
+        nn.Conv2d(1, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(24, 48, 3, padding=1, bias=False), nn.BatchNorm2d(48), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.2), nn.Linear(48 * 4, 10))
+    epochs, batch = 8, 64
+    steps = epochs * ((len(X_train) + batch - 1) // batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=steps)
+    x = (X_train - 0.5) / 0.5   # the network sees inputs in [-1, 1] ...
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(x)).split(batch):
+            loss = F.cross_entropy(model(x[idx]), y_train[idx], label_smoothing=0.05)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return nn.Sequential(Rescale(), model)   # ... so the returned model rescales its input itself
+
+
+class Rescale(nn.Module):
+    def forward(self, x):
+        return (x - 0.5) / 0.5
+
+
+CORRECT = {
+    "check_conv2d_loops": (conv2d_loops_numpy_float64, conv2d_loops_einsum_per_pixel, conv2d_loops_shift_and_add),
+    "check_conv2d_im2col": (conv2d_im2col_window_by_window, conv2d_im2col_gather_indices,
+                            conv2d_im2col_as_strided_float64),
+    "check_max_pool2d": (max_pool2d_window_loops, max_pool2d_reshape_or_strided, max_pool2d_numpy_as_strided),
+    "check_train_cnn": (train_cnn_validation_split, train_cnn_sgd_momentum, train_cnn_batchnorm_adamw_schedule),
+}
+
+
+@pytest.mark.parametrize("fn", correct(*CORRECT["check_conv2d_loops"]))
+def test_check_conv2d_loops_gives_full_marks_to_correct_variants(fn):
+    checks.check_conv2d_loops(fn)
+
+
+@pytest.mark.parametrize("fn", correct(*CORRECT["check_conv2d_im2col"]))
+def test_check_conv2d_im2col_gives_full_marks_to_correct_variants(fn):
+    checks.check_conv2d_im2col(fn)
+
+
+@pytest.mark.parametrize("fn", correct(*CORRECT["check_max_pool2d"]))
+def test_check_max_pool2d_gives_full_marks_to_correct_variants(fn):
+    checks.check_max_pool2d(fn)
+
+
+@pytest.mark.parametrize("fn", correct(*CORRECT["check_train_cnn"]))
+def test_check_train_cnn_gives_full_marks_to_correct_variants(fn):
+    checks.check_train_cnn(fn)
+
+
+def test_train_cnn_may_use_scikit_learn():
+    """Nothing in task 4 forbids a validation split made with sklearn's train_test_split."""
+    assert not any(m.startswith("sklearn") for m in checks.TRAIN_CNN.modules)
+    assert static_violations(train_cnn_validation_split, modules=checks.TRAIN_CNN.modules) == []
 
 
 # ----------------------------------------------------------------- planted mistakes: convolution
@@ -177,12 +399,12 @@ def conv_bias_required(x, weight, bias, stride=1, padding=0):
 
 
 CONV_MISTAKES = planted(
-    (conv_flipped_kernel, r"differs from torch\.nn\.functional\.conv2d.*you flipped the kernel.*cross-correlation"),
-    (conv_forgot_bias, r"x_shape=\(1, 1, 5, 5\).*differs.*the bias is missing"),
+    (conv_flipped_kernel, r"\(vs torch\.nn\.functional\.conv2d\) for .*max \|got-want\|.*you flipped the kernel.*cross-correlation"),
+    (conv_forgot_bias, r"conv2d_loops output \(vs torch\.nn\.functional\.conv2d\) for x_shape=\(1, 1, 5, 5\).*the bias is missing"),
     (conv_bias_in_every_term, r"the bias is added once per multiplied pixel"),
     (conv_padding_ignored, r"padding=1: shape .* but torch.nn.functional.conv2d gives .*padding=1 seems to be ignored"),
     (conv_padding_one_side, r"padding=1: shape .*padding=1 seems to be applied on one side only"),
-    (conv_padding_all_top_left, r"padding=1 differs.*all the padding went on the top and left"),
+    (conv_padding_all_top_left, r"padding=1: max \|got-want\|.*all the padding went on the top and left"),
     (conv_no_plus_one, r"x_shape=\(1, 1, 5, 5\).*shape \(1, 1, 2, 2\) .*gives \(1, 1, 3, 3\).*is the \+ 1 missing"),
     (conv_ceil_size, r"stride=2, padding=1: shape \(2, 2, 5, 5\) .*rounds down: floor"),
     (conv_stride_ignored, r"stride=2, padding=0: shape .*stride=2 seems to be ignored"),
@@ -249,15 +471,18 @@ def im2col_returns_flat(x, weight, bias=None, stride=1, padding=0):
     return out.reshape(out.shape[0], out.shape[1], -1)  # forgot the final reshape
 
 
-@pytest.mark.parametrize("wrong, match", planted(
-    (im2col_rows_kernel_then_channel, r"conv2d_im2col output for x_shape=\(2, 3, 6, 6\).*"
+IM2COL_MISTAKES = planted(
+    (im2col_rows_kernel_then_channel, r"conv2d_im2col output \(vs torch\.nn\.functional\.conv2d\) for x_shape=\(2, 3, 6, 6\).*"
                                       r"\(kernel row, kernel column, channel\) order"),
     (im2col_kernel_columns_first, r"kernel rows and columns are swapped"),
     (im2col_forgot_bias, r"conv2d_im2col output.*the bias is missing"),
     (im2col_flipped, r"conv2d_im2col output.*you flipped the kernel"),
     (im2col_no_padding, r"padding=1: shape .*padding=1 seems to be ignored"),
     (im2col_returns_flat, r"shape \(1, 1, 9\) but .*gives \(1, 1, 3, 3\)"),
-))
+)
+
+
+@pytest.mark.parametrize("wrong, match", IM2COL_MISTAKES)
 def test_check_conv2d_im2col_rejects(wrong, match):
     with pytest.raises(CheckFailed, match=match):
         checks.check_conv2d_im2col(wrong)
@@ -311,14 +536,17 @@ def pool_stride_ignored(x, kernel_size, stride=None):
     return _pool(x, kernel_size, kernel_size)
 
 
-@pytest.mark.parametrize("wrong, match", planted(
-    (pool_average, r"max_pool2d output for x_shape=\(1, 1, 4, 4\).*this is average pooling"),
+POOL_MISTAKES = planted(
+    (pool_average, r"max_pool2d output \(vs torch\.nn\.functional\.max_pool2d\) for x_shape=\(1, 1, 4, 4\).*this is average pooling"),
     (pool_minimum, r"smallest value of each window"),
     (pool_stride_defaults_to_1, r"stride=omitted: shape .*must default to kernel_size"),
     (pool_over_channels, r"x_shape=\(2, 3, 6, 8\).*pool each channel separately"),
     (pool_ceil_mode, r"kernel_size=3, stride=omitted: shape \(2, 2, 3, 3\) .*gives \(2, 2, 2, 2\).*rounds down"),
     (pool_stride_ignored, r"kernel_size=3, stride=1: shape .*"),
-))
+)
+
+
+@pytest.mark.parametrize("wrong, match", POOL_MISTAKES)
 def test_check_max_pool2d_rejects(wrong, match):
     with pytest.raises(CheckFailed, match=match):
         checks.check_max_pool2d(wrong)
@@ -375,22 +603,26 @@ def cnn_wrong_output_size(X_train, y_train):
 
 
 @pytest.mark.parametrize("wrong, match", planted(
-    (cnn_not_trained, r"train_cnn for X_train_shape=\(1438, 1, 8, 8\), split seed=0: test accuracy \d+\.\d% is "
-                      r"below 97%.*trained long enough"),
-    (cnn_one_epoch_tiny, r"test accuracy \d+\.\d% is below 97%"),
+    (cnn_not_trained, r"train_cnn for X_train_shape=\(1437, 1, 8, 8\), held-out digits=360: accuracy on the "
+                      r"held-out digits \d+\.\d% is below 96%.*trained long enough"),
+    (cnn_one_epoch_tiny, r"accuracy on the held-out digits \d+\.\d% is below 96%"),
     (cnn_forgot_return, r"returned None \(is a `return` missing\?\)"),
     (cnn_returns_state_dict, r"expected the trained torch\.nn\.Module, got a OrderedDict"),
-    (cnn_wrong_output_size, r"logits of shape \(359, 10\) \(one score per digit class\), got \(359, 7\)"),
+    (cnn_wrong_output_size, r"logits of shape \(360, 10\) \(one score per digit class\), got \(360, 7\)"),
 ))
 def test_check_train_cnn_rejects(wrong, match):
     with pytest.raises(CheckFailed, match=match):
         checks.check_train_cnn(wrong)
 
 
-def test_train_cnn_probe_returns_only_data(solution):
-    X_train, y_train, X_test, _ = checks.digits_split()
+def test_train_cnn_probes_restore_threads_and_return_only_data():
+    from autograder.heldout import digits_split
+
+    X_train, y_train, X_test, _ = (torch.from_numpy(a) for a in digits_split())
     threads = torch.get_num_threads()
-    out = checks.train_and_predict_probe(cnn_not_trained, X_train[:64], y_train[:64], X_test)
+    model = checks.train_probe(cnn_not_trained, X_train[:64], y_train[:64])
+    assert torch.get_num_threads() == threads, "the probe must restore the thread count"
+    out = checks.predict_probe(model, X_test)
     assert set(out) == {"logits", "n_params"}
     assert out["logits"].shape == (len(X_test), 10) and not out["logits"].requires_grad
     assert torch.get_num_threads() == threads, "the probe must restore the thread count"
@@ -484,3 +716,47 @@ def test_guard_catches_tensor_unfold_method():
                      callables=checks.FORBIDDEN_CONV)
     with pytest.raises(ForbiddenCall, match=r"conv2d_im2col: your code called .*unfold"):
         checks.check_conv2d_im2col(ns["conv2d_im2col"])
+
+
+def test_guard_lets_the_solutions_and_the_correct_variants_through():
+    for task in checks.TASKS:
+        for fn in (solution_of(ASSIGNMENT)[task.name], *CORRECT[task.check]):
+            assert static_violations(fn, modules=task.modules, callables=task.callables) == [], fn.__name__
+
+
+# ----------------------------------------------------------------- under a course secret
+
+SECRETS = ("course secret A", "another secret", "3")
+MISTAKES = {"check_conv2d_loops": CONV_MISTAKES, "check_conv2d_im2col": IM2COL_MISTAKES,
+            "check_max_pool2d": POOL_MISTAKES}
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_checks_hold_under_several_course_secrets(monkeypatch, secret):
+    """With a secret the inputs change; the solution and the correct variants still pass, mistakes fail.
+
+    train_cnn is left out: it trains networks, and its held-out data has tests of its own.
+    """
+    monkeypatch.setenv("AUTOGRADER_SECRET", secret)
+    solution = solution_of(ASSIGNMENT)
+    for task in checks.TASKS[:3]:
+        for fn in (solution[task.name], *CORRECT[task.check]):
+            check_of(task)(fn)
+        for param in MISTAKES[task.check]:
+            with pytest.raises(CheckFailed):
+                check_of(task)(param.values[0])
+
+
+def test_course_secret_changes_the_inputs(monkeypatch):
+    seen = []
+
+    def record(x, kernel_size, stride=None):
+        seen.append(x.clone())
+        return max_pool2d_window_loops(x, kernel_size, stride)
+
+    checks.check_max_pool2d(record)
+    monkeypatch.setenv("AUTOGRADER_SECRET", SECRETS[0])
+    checks.check_max_pool2d(record)
+    public, hidden = seen[:len(checks.POOL_CASES)], seen[len(checks.POOL_CASES):]
+    assert [p.shape for p in public] == [h.shape for h in hidden]
+    assert not any(torch.equal(p, h) for p, h in zip(public, hidden)), "the secret should change every input"

@@ -1,6 +1,6 @@
 """Hidden checks for the chapter 6 exercise: attention, multi-head attention, a GPT-2 block, a GPT-2.
 
-References, all computed live:
+References, all computed live in float64 (:mod:`autograder.checks._ch06_references`):
 
 * ``scaled_dot_product_attention`` - ``torch.nn.functional.scaled_dot_product_attention``
   (boolean and additive masks, causal masking, a mask and ``is_causal`` together,
@@ -11,14 +11,12 @@ References, all computed live:
   small ``GPT2Config``s with random weights, fed the block's HF state-dict entries;
 * ``gpt2_forward`` - the logits of the whole ``GPT2LMHeadModel``, fed its ``state_dict()``.
 
+The student gets the float32 weights; the reference is the same model converted to float64.
+
 Expected output of a query that may attend no key at all (every key masked): a zero vector,
 which is what ``F.scaled_dot_product_attention`` returns in the installed PyTorch (older
 versions and ``nn.MultiheadAttention``'s fast path give NaN there). In multi-head attention the
 output projection then gives its bias.
-
-The student's code runs under :func:`autograder.guard.call_student` (gradients under
-:func:`autograder.guard.run_probe`); it may not call the attention functions it re-implements,
-``transformers``, or the course's ``llmcourse.attention`` and ``llmcourse.gpt``.
 
 Taught in: book/06-attention-transformers
 """
@@ -26,33 +24,52 @@ Taught in: book/06-attention-transformers
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from autograder.compare import assert_close, describe, fail, to_array
-from autograder.guard import call_student, run_probe
-
-FORBIDDEN_MODULES = ("transformers", "llmcourse.gpt", "llmcourse.attention")
-FORBIDDEN_CALLABLES = (
-    "torch.nn.functional.scaled_dot_product_attention",
-    "torch.nn.functional.multi_head_attention_forward",
-    "torch.nn.MultiheadAttention",
-    "torch.nn.Transformer",
-    "torch.nn.TransformerEncoderLayer",
-    "torch.nn.TransformerDecoderLayer",
-    "torch.nn.TransformerEncoder",
-    "torch.nn.TransformerDecoder",
+from autograder.checks._ch06_references import (
+    block_params,
+    block_reference,
+    block_with_exact_gelu,
+    hf_gpt2,
+    mha_reference,
+    reference_attention,
 )
+from autograder.compare import assert_close, describe, fail, probe_result, to_array
+from autograder.guard import call_student, run_probe
+from autograder.secret import hidden_torch_generator
+from autograder.spec import Task
+
+RULES = dict(
+    modules=("transformers", "llmcourse.gpt", "llmcourse.attention"),
+    callables=("torch.nn.functional.scaled_dot_product_attention", "torch.nn.functional.multi_head_attention_forward",
+               "torch.nn.MultiheadAttention", "torch.nn.Transformer", "torch.nn.TransformerEncoderLayer",
+               "torch.nn.TransformerDecoderLayer", "torch.nn.TransformerEncoder", "torch.nn.TransformerDecoder"),
+)
+ATTENTION, MHA, BLOCK, FORWARD = TASKS = (
+    Task("ch06_attention", "scaled_dot_product_attention(q, k, v, mask=None, is_causal=False)", 4,
+         "`(..., T, Dv)`", "`torch.nn.functional.scaled_dot_product_attention` in float64, and its gradients",
+         **RULES),
+    Task("ch06_multi_head_attention", "multi_head_attention(query, key, value, params, n_head, "
+         "key_padding_mask=None, is_causal=False, batch_first=True)", 4, "`(B, T, C)` (or `(T, B, C)`)",
+         "`torch.nn.MultiheadAttention` with the same weights, in float64", **RULES),
+    Task("ch06_gpt2_block", "gpt2_block(x, params, n_head, eps=1e-5)", 4, "`(B, T, C)`",
+         "block 0 of `transformers.GPT2LMHeadModel` with the same weights, in float64", **RULES),
+    Task("ch06_gpt2_forward", "gpt2_forward(input_ids, params, n_head, eps=1e-5)", 4, "logits `(B, T, V)`",
+         "`transformers.GPT2LMHeadModel` with the same weights, in float64", **RULES),
+)
+# Tolerances from the spread of correct float32 implementations against the float64 references:
+# the solution and 3 rewrites per task (hand-written LayerNorm, GELU and softmax, einsum, float64
+# inside, -1e9 masking, a loop over heads), 20 course secrets x every case. Largest
+# |got - want| / (1 + |want|): attention 3.4e-07 (its gradients 2.9e-07), multi-head attention
+# 5.3e-07, GPT-2 block 1.2e-06 -> TOL 1e-5 (9x). Scores of |q k| / sqrt(D) ~ 1e3 lose ~1e3 * 2**-24
+# before the softmax: attention 8.3e-06, GPT-2 block 1.9e-05 there -> 2e-4 (10x). GPT-2 logits
+# (typically 5, up to 40 in size, after up to 3 blocks): 6.9e-06 -> 1e-4 (15x). The nearest planted
+# mistakes stay far outside: exact instead of tanh GELU 4.6e-04 in a block, 2.6e-03 in the logits.
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def _call(fn, *args, task: str, inputs: dict, **kwargs):
-    """Call the student's function under the guard, with this chapter's forbidden modules and calls."""
-    return call_student(fn, *args, task=task, inputs=inputs, modules=FORBIDDEN_MODULES,
-                        callables=FORBIDDEN_CALLABLES, **kwargs)
+TOL_LARGE_SCORES = dict(rtol=2e-4, atol=2e-4)
+TOL_LOGITS = dict(rtol=1e-4, atol=1e-4)
 
 
 def _tensor(value, *, what: str, inputs: dict, shape: tuple) -> np.ndarray:
@@ -63,97 +80,6 @@ def _tensor(value, *, what: str, inputs: dict, shape: tuple) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-# ----------------------------------------------------------------- references
-
-def reference_attention(q, k, v, mask=None, is_causal=False):
-    """``F.scaled_dot_product_attention``; a mask together with ``is_causal`` means both apply."""
-    if mask is not None and is_causal:
-        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
-        if mask.dtype == torch.bool:
-            mask = mask & causal
-        else:
-            mask = mask.masked_fill(~causal, float("-inf"))
-        is_causal = False
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-
-
-def _mha_reference(c: int, n_head: int, batch_first: bool, seed: int):
-    """An ``nn.MultiheadAttention`` with random weights and biases, and its weights as plain tensors."""
-    torch.manual_seed(seed)
-    mha = torch.nn.MultiheadAttention(c, n_head, batch_first=batch_first).eval()
-    with torch.no_grad():
-        mha.in_proj_weight.normal_(0.0, 1.0 / math.sqrt(c))
-        mha.in_proj_bias.normal_(0.0, 0.2)
-        mha.out_proj.bias.normal_(0.0, 0.2)
-    params = {k: v.detach().clone() for k, v in mha.state_dict().items()}
-    return mha, params
-
-
-def hf_gpt2(seed: int, *, vocab_size: int, n_positions: int, n_embd: int, n_layer: int, n_head: int,
-            layer_norm_epsilon: float = 1e-5, qk_scale: float = 1.0):
-    """A ``GPT2LMHeadModel`` (eager attention, no dropout, eval) with random weights of unit scale.
-
-    Weights are N(0, 1/fan_in) so activations stay O(1) and GELU's form matters; biases and
-    LayerNorm affines are random too. ``qk_scale`` multiplies the query and key projections
-    (large attention scores).
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                     layer_norm_epsilon=layer_norm_epsilon, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     activation_function="gelu_new", bos_token_id=0, eos_token_id=0, attn_implementation="eager")
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(cfg).eval()
-    model.config._attn_implementation = "eager"
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("wte.weight", "wpe.weight")):
-                p.normal_(0.0, 1.0 if name.endswith("wte.weight") else 0.5)
-            elif ".ln_" in name and name.endswith("weight"):
-                p.normal_(1.0, 0.2)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.2)
-            else:  # a Conv1D weight, stored (in, out)
-                p.normal_(0.0, 1.0 / math.sqrt(p.shape[0]))
-        for block in model.transformer.h:
-            block.attn.c_attn.weight[:, :2 * n_embd] *= qk_scale
-    return model
-
-
-def _block_reference(model, x):
-    """Run block 0 of ``model`` on hidden states ``x`` (B, T, C) the way the model runs it."""
-    seen = {}
-    block = model.transformer.h[0]
-
-    def grab(module, args, output):
-        seen["in"], seen["out"] = args[0].detach().clone(), output.detach().clone()
-
-    handle = block.register_forward_hook(grab)
-    try:
-        with torch.no_grad():
-            wpe = model.transformer.wpe.weight.clone()
-            model.transformer.wpe.weight.zero_()  # so the block's input is exactly x
-            model(inputs_embeds=x)
-            model.transformer.wpe.weight.copy_(wpe)
-    finally:
-        handle.remove()
-    if not torch.equal(seen["in"], x):
-        raise RuntimeError("reference block input differs from x")
-    return seen["out"]
-
-
-def _block_params(model, layer: int = 0) -> dict:
-    prefix = f"transformer.h.{layer}."
-    return {k[len(prefix):]: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefix)}
-
-
 # ----------------------------------------------------------------- probes (run beside the student's code)
 
 def attention_gradient_probe(student_fn, q, k, v, mask, is_causal, weight):
@@ -161,21 +87,21 @@ def attention_gradient_probe(student_fn, q, k, v, mask, is_causal, weight):
     q, k, v = (t.clone().requires_grad_(True) for t in (q, k, v))
     out = student_fn(q, k, v, mask=mask, is_causal=is_causal)
     if not isinstance(out, torch.Tensor) or not out.requires_grad:
-        return {"error": "the output is not a torch tensor connected to q, k, v by autograd: keep the "
-                         "computation in torch (no .detach(), .numpy(), .item() or new tensors built from values)"}
+        return {"problem": "the output is not a torch tensor connected to q, k, v by autograd: keep the "
+                           "computation in torch (no .detach(), .numpy(), .item() or new tensors built from values)"}
     (out * weight).sum().backward()
     return {name: (t.grad.detach().clone() if t.grad is not None else torch.zeros_like(t))
             for name, t in (("q", q), ("k", k), ("v", v))}
 
 
-# ----------------------------------------------------------------- checks
+# ----------------------------------------------------------------- attention
 
 def _attention_cases():
     """(inputs, q, k, v, mask, is_causal): shapes, masks, edge cases."""
     cases = []
     for seed, (shape_q, s, dv) in enumerate((((2, 5, 8), 5, 8), ((3, 2, 4, 16), 6, 16), ((1, 7, 4), 3, 5),
                                              ((2, 1, 1, 8), 1, 8))):
-        g = _gen(seed)
+        g = hidden_torch_generator(seed, "ch06.attention")
         q = torch.randn(*shape_q, generator=g)
         k = torch.randn(*shape_q[:-2], s, shape_q[-1], generator=g)
         v = torch.randn(*shape_q[:-2], s, dv, generator=g)
@@ -192,17 +118,18 @@ def _attention_cases():
         cases.append(({**base, "mask": "float with -inf entries"}, q, k, v, blocked, False))
         cases.append(({**base, "mask": "bool (T, S), broadcast"}, q, k, v, allowed.reshape(-1, t, s)[0], False))
         cases.append(({**base, "mask": "bool", "is_causal": True}, q, k, v, allowed, True))
-    g = _gen(10)
+    g = hidden_torch_generator(10, "ch06.attention")
     q, k, v = torch.randn(2, 4, 8, generator=g), torch.randn(2, 6, 8, generator=g), torch.randn(2, 6, 8, generator=g)
     none = torch.rand(2, 4, 6, generator=g) > 0.5
-    none[0, 1] = False  # query 1 of batch 0 may attend nothing
+    none[..., 0] |= ~none.any(dim=-1)  # only the two rows below may attend nothing
+    none[0, 1] = False
     none[1, 3] = False
     none[0, 0] = True
     base = {"q": (2, 4, 8), "k": (2, 6, 8), "seed": 10}
     cases.append(({**base, "mask": "bool with fully masked rows [0, 1] and [1, 3]"}, q, k, v, none, False))
     inf_rows = torch.zeros(2, 4, 6).masked_fill(~none, float("-inf"))
     cases.append(({**base, "mask": "float, rows [0, 1] and [1, 3] all -inf"}, q, k, v, inf_rows, False))
-    g = _gen(11)
+    g = hidden_torch_generator(11, "ch06.attention")
     q, k, v = 30.0 * torch.randn(2, 5, 8, generator=g), 30.0 * torch.randn(2, 5, 8, generator=g), \
         torch.randn(2, 5, 8, generator=g)
     cases.append(({"q": (2, 5, 8), "seed": 11, "scores": "large (|q k| / sqrt(D) up to ~1e3)"}, q, k, v, None, False))
@@ -210,26 +137,37 @@ def _attention_cases():
     return cases
 
 
+def _attention_mistakes(q, k, v, mask, is_causal) -> list:
+    hints = [("the scores are not divided by sqrt(D)",
+              lambda: reference_attention(q * math.sqrt(q.shape[-1]), k, v, mask, is_causal))]
+    if mask is not None and mask.dtype == torch.bool:
+        hints.append(("the boolean mask is read the wrong way round: True means the query MAY attend the key",
+                      lambda: reference_attention(q, k, v, ~mask, is_causal)))
+    if is_causal:
+        hints.append(("is_causal is ignored", lambda: reference_attention(q, k, v, mask, False)))
+    return hints
+
+
 def check_attention(student_fn) -> None:
     """scaled_dot_product_attention(q, k, v, mask=None, is_causal=False) equals F.scaled_dot_product_attention."""
-    task = "scaled_dot_product_attention"
     for inputs, q, k, v, mask, is_causal in _attention_cases():
         want = reference_attention(q, k, v, mask, is_causal)
-        got = _call(student_fn, q.clone(), k.clone(), v.clone(), mask=None if mask is None else mask.clone(),
-                    is_causal=is_causal, task=task, inputs=inputs)
+        got = call_student(student_fn, q.clone(), k.clone(), v.clone(), mask=None if mask is None else mask.clone(),
+                           is_causal=is_causal, task=ATTENTION, inputs=inputs)
         got = _tensor(got, what="attention output", inputs=inputs, shape=want.shape)
         if "fully masked" in str(inputs.get("mask")) or "-inf" in str(inputs.get("mask")):
             if np.isnan(got).any():
                 fail(f"attention output{describe(inputs)}: NaN for a query whose keys are all masked; "
                      f"F.scaled_dot_product_attention returns zeros there (softmax over only -inf is 0/0: "
                      f"give such rows zero weights)")
-        if "large" in str(inputs.get("scores")) and not np.isfinite(got).all():
+        large = "large" in str(inputs.get("scores"))
+        if large and not np.isfinite(got).all():
             fail(f"attention output{describe(inputs)}: got inf or NaN with large scores; subtract each "
                  f"row's maximum score before exp (softmax is unchanged by a shift)")
         assert_close(got, want, what="attention output (vs F.scaled_dot_product_attention)", inputs=inputs,
-                     **(dict(rtol=1e-4, atol=1e-4) if "large" in str(inputs.get("scores")) else TOL))
+                     hints=_attention_mistakes(q, k, v, mask, is_causal), **(TOL_LARGE_SCORES if large else TOL))
     # gradients, through the student's function
-    g = _gen(20)
+    g = hidden_torch_generator(20, "ch06.attention")
     q, k, v = torch.randn(2, 2, 5, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g), \
         torch.randn(2, 2, 5, 6, generator=g)
     weight = torch.randn(2, 2, 5, 6, generator=g)
@@ -237,16 +175,15 @@ def check_attention(student_fn) -> None:
     for mask, is_causal, desc in ((None, True, None), (pad, False, "bool, key 3 masked")):
         inputs = {"q": (2, 2, 5, 8), "v": (2, 2, 5, 6), "seed": 20, "mask": desc, "is_causal": is_causal,
                   "what": "gradients"}
-        got = run_probe(attention_gradient_probe, student_fn, q, k, v, mask, is_causal, weight, task=task,
-                        inputs=inputs, modules=FORBIDDEN_MODULES, callables=FORBIDDEN_CALLABLES)
-        if isinstance(got, dict) and "error" in got:
-            fail(f"{task}{describe(inputs)}: {got['error']}")
-        qs, ks, vs = (t.clone().requires_grad_(True) for t in (q, k, v))
-        (reference_attention(qs, ks, vs, mask, is_causal) * weight).sum().backward()
+        got = probe_result(run_probe(attention_gradient_probe, student_fn, q, k, v, mask, is_causal, weight,
+                                     task=ATTENTION, inputs=inputs), what=ATTENTION.name, inputs=inputs)
+        qs, ks, vs = (t.double().requires_grad_(True) for t in (q, k, v))
+        (reference_attention(qs, ks, vs, mask, is_causal) * weight.double()).sum().backward()
         for name, ref in (("q", qs.grad), ("k", ks.grad), ("v", vs.grad)):
-            value = got.get(name) if isinstance(got, dict) else None
-            assert_close(value, ref, what=f"gradient with respect to {name}", inputs=inputs, **TOL)
+            assert_close(got.get(name), ref, what=f"gradient with respect to {name}", inputs=inputs, **TOL)
 
+
+# ----------------------------------------------------------------- multi-head attention
 
 def _mha_cases():
     """(inputs, B, T, S, C, H, self_attention, key_padding, is_causal)."""
@@ -262,14 +199,19 @@ def _mha_cases():
     ]
 
 
+def _call_mha(student_fn, query, key, value, params, n_head, kpm, causal, batch_first, inputs):
+    return call_student(student_fn, query, key, value, {k: v.clone() for k, v in params.items()}, n_head,
+                        key_padding_mask=None if kpm is None else kpm.clone(), is_causal=causal,
+                        batch_first=batch_first, task=MHA, inputs=inputs)
+
+
 def check_multi_head_attention(student_fn) -> None:
     """multi_head_attention(query, key, value, params, n_head, ...) equals nn.MultiheadAttention."""
-    task = "multi_head_attention"
     for seed, (case, b, t, s, c, h, self_attn, padded, causal) in enumerate(_mha_cases()):
         for batch_first in (True, False):
             inputs = {**case, "batch_first": batch_first, "seed": seed}
-            mha, params = _mha_reference(c, h, batch_first, seed)
-            g = _gen(seed)
+            g = hidden_torch_generator(seed, "ch06.multi_head_attention")
+            mha, params = mha_reference(c, h, batch_first, g)
             query = torch.randn(b, t, c, generator=g)
             key = query if self_attn else torch.randn(b, s, c, generator=g)
             value = query if self_attn else torch.randn(b, s, c, generator=g)
@@ -280,31 +222,32 @@ def check_multi_head_attention(student_fn) -> None:
             attn_mask = ~torch.ones(t, s, dtype=torch.bool).tril() if causal else None
             tr = (lambda z: z) if batch_first else (lambda z: z.transpose(0, 1).contiguous())
             with torch.no_grad():
-                want = mha(tr(query), tr(key), tr(value), key_padding_mask=kpm, attn_mask=attn_mask,
-                           need_weights=False)[0]
-            got = _call(student_fn, tr(query), tr(key), tr(value), {k: v.clone() for k, v in params.items()}, h,
-                        key_padding_mask=None if kpm is None else kpm.clone(), is_causal=causal,
-                        batch_first=batch_first, task=task, inputs=inputs)
+                want = mha(tr(query).double(), tr(key).double(), tr(value).double(), key_padding_mask=kpm,
+                           attn_mask=attn_mask, need_weights=False)[0]
+            got = _call_mha(student_fn, tr(query), tr(key), tr(value), params, h, kpm, causal, batch_first, inputs)
             got = _tensor(got, what="output", inputs=inputs, shape=want.shape)
             assert_close(got, want, what="output (vs nn.MultiheadAttention with the same weights)",
                          inputs=inputs, **TOL)
     # a sequence whose keys are all padding: zero attention, so the output is out_proj's bias
     inputs = {"B": 2, "T": 3, "C": 8, "n_head": 2, "key_padding_mask": "sequence 1 all padding",
               "batch_first": True, "seed": 30}
-    mha, params = _mha_reference(8, 2, True, 30)
-    x = torch.randn(2, 3, 8, generator=_gen(30))
+    g = hidden_torch_generator(30, "ch06.multi_head_attention")
+    mha, params = mha_reference(8, 2, True, g)
+    x = torch.randn(2, 3, 8, generator=g)
     kpm = torch.tensor([[False, False, True], [True, True, True]])
     with torch.no_grad():
-        want = torch.cat([mha(x[:1], x[:1], x[:1], key_padding_mask=kpm[:1], need_weights=False)[0],
-                          params["out_proj.bias"].expand(1, 3, 8)])
-    got = _call(student_fn, x.clone(), x.clone(), x.clone(), {k: v.clone() for k, v in params.items()}, 2,
-                key_padding_mask=kpm.clone(), is_causal=False, batch_first=True, task=task, inputs=inputs)
+        x1 = x[:1].double()
+        want = torch.cat([mha(x1, x1, x1, key_padding_mask=kpm[:1], need_weights=False)[0],
+                          params["out_proj.bias"].double().expand(1, 3, 8)])
+    got = _call_mha(student_fn, x.clone(), x.clone(), x.clone(), params, 2, kpm, False, True, inputs)
     got = _tensor(got, what="output", inputs=inputs, shape=want.shape)
     if np.isnan(got).any():
         fail(f"output{describe(inputs)}: NaN for a sequence whose keys are all padding; expected zero "
              f"attention (as F.scaled_dot_product_attention gives), so the output is out_proj.bias")
     assert_close(got, want, what="output", inputs=inputs, **TOL)
 
+
+# ----------------------------------------------------------------- GPT-2
 
 GPT2_SIZES = (
     dict(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4),
@@ -316,47 +259,52 @@ GPT2_SIZES = (
 
 def check_gpt2_block(student_fn) -> None:
     """gpt2_block(x, params, n_head, eps) equals block 0 of transformers' GPT2LMHeadModel."""
-    task = "gpt2_block"
     cases = [(seed, sizes, ((2, sizes["n_positions"], 1.0), (3, 1, 1.0), (1, 5, 1.0)), 1.0)
              for seed, sizes in enumerate(GPT2_SIZES)]
     cases.append((4, GPT2_SIZES[0], ((2, 6, 1e-3),), 1.0))  # tiny activations: LayerNorm's eps matters
     cases.append((5, GPT2_SIZES[3], ((2, 7, 1.0),), 12.0))  # large attention scores
     for seed, sizes, shapes, qk_scale in cases:
-        model = hf_gpt2(seed, **{**sizes, "n_layer": 1}, qk_scale=qk_scale)
+        model, model64 = hf_gpt2(hidden_torch_generator(seed, "ch06.gpt2"), **{**sizes, "n_layer": 1},
+                                 qk_scale=qk_scale)
         eps = sizes.get("layer_norm_epsilon", 1e-5)
         for b, t, scale in shapes:
-            x = scale * torch.randn(b, t, sizes["n_embd"], generator=_gen(100 + seed))
-            want = _block_reference(model, x)
+            x = scale * torch.randn(b, t, sizes["n_embd"], generator=hidden_torch_generator(100 + seed, "ch06.gpt2"))
+            want = block_reference(model64, x)
             inputs = {"B": b, "T": t, "C": sizes["n_embd"], "n_head": sizes["n_head"], "eps": eps, "seed": seed}
             if scale != 1.0:
                 inputs["x scale"] = scale
             if qk_scale != 1.0:
                 inputs["attention scores"] = "large"
-            got = _call(student_fn, x.clone(), _block_params(model), sizes["n_head"], eps=eps, task=task,
-                        inputs=inputs)
+            got = call_student(student_fn, x.clone(), block_params(model), sizes["n_head"], eps=eps, task=BLOCK,
+                               inputs=inputs)
             got = _tensor(got, what="block output", inputs=inputs, shape=want.shape)
             if qk_scale != 1.0 and not np.isfinite(got).all():
                 fail(f"block output{describe(inputs)}: got inf or NaN with large attention scores; subtract "
                      f"each row's maximum score before exp")
+            exact_gelu = ("the MLP uses the exact GELU; GPT-2 uses its tanh approximation",
+                          lambda m=model64, x=x: block_with_exact_gelu(m, x))
             assert_close(got, want, what="block output (vs transformers GPT2Block)", inputs=inputs,
-                         rtol=1e-5, atol=1e-5 * max(1.0, scale))
+                         hints=[exact_gelu], **(TOL_LARGE_SCORES if qk_scale != 1.0 else TOL))
 
 
 def check_gpt2_forward(student_fn) -> None:
     """gpt2_forward(input_ids, params, n_head, eps) gives the logits of transformers' GPT2LMHeadModel."""
-    task = "gpt2_forward"
     for seed, sizes in enumerate(GPT2_SIZES):
-        model = hf_gpt2(seed, **sizes)
+        model, model64 = hf_gpt2(hidden_torch_generator(seed, "ch06.gpt2"), **sizes)
         eps = sizes.get("layer_norm_epsilon", 1e-5)
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        g = _gen(200 + seed)
+        g = hidden_torch_generator(200 + seed, "ch06.gpt2_forward")
         for b, t in ((2, sizes["n_positions"]), (1, 1), (3, 5)):
             idx = torch.randint(0, sizes["vocab_size"], (b, t), generator=g)
             with torch.no_grad():
-                want = model(idx).logits
+                want = model64(idx).logits
             inputs = {"B": b, "T": t, "V": sizes["vocab_size"], "C": sizes["n_embd"], "n_layer": sizes["n_layer"],
                       "n_head": sizes["n_head"], "eps": eps, "seed": seed}
-            got = _call(student_fn, idx.clone(), {k: v.clone() for k, v in params.items()}, sizes["n_head"],
-                        eps=eps, task=task, inputs=inputs)
+            got = call_student(student_fn, idx.clone(), {k: v.clone() for k, v in params.items()}, sizes["n_head"],
+                               eps=eps, task=FORWARD, inputs=inputs)
             got = _tensor(got, what="logits", inputs=inputs, shape=want.shape)
-            assert_close(got, want, what="logits (vs transformers GPT2LMHeadModel)", inputs=inputs, **TOL)
+            assert_close(got, want, what="logits (vs transformers GPT2LMHeadModel)", inputs=inputs, **TOL_LOGITS)
+
+
+__all__ = ["TASKS", "check_attention", "check_multi_head_attention", "check_gpt2_block", "check_gpt2_forward",
+           "attention_gradient_probe", "reference_attention", "hf_gpt2", "GPT2_SIZES"]
