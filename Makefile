@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_book.py
 	$(PY) benchmarks/bench_grading.py
 	$(PY) benchmarks/bench_batch.py
+	$(PY) benchmarks/bench_trainer.py
 
 clean:
 	rm -rf _build
