@@ -15,15 +15,16 @@ References, all computed live:
   pos_label=positive, zero_division=0)``;
 * ``top_k_accuracy`` - ``top_k_accuracy_score(y_true, scores, k=k, labels=range(C))``.
 
-The student's functions run under :func:`autograder.guard.call_student`: they
-may not call scikit-learn or the course's own ``llmcourse.linear_models`` and
-``llmcourse.metrics``.
+The student's functions run under the guard with the rules of their task in ``TASKS``.
+Random inputs come from :func:`autograder.secret.hidden_rng` (secret-derived when a course
+secret is set).
 
 Taught in: book/02-ml-basics
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -33,14 +34,50 @@ from sklearn.metrics import precision_recall_fscore_support, top_k_accuracy_scor
 
 from autograder.compare import assert_close, assert_scalar, describe, fail, to_array, unpack
 from autograder.guard import call_student
+from autograder.secret import course_secret, hidden_rng, hidden_seed
+from autograder.spec import Task
 from llmcourse.tasks import make_regression
 
-FORBIDDEN = ("sklearn", "llmcourse.linear_models", "llmcourse.metrics")
+MODELS = ("sklearn", "llmcourse.linear_models")
+METRICS = ("sklearn", "llmcourse.metrics")
+CLOSED_FORM, LINREG_GD, LOGREG_GD, PRF, TOP_K = TASKS = (
+    Task("ch02_linreg_closed_form", "linear_regression_closed_form(X, y)", 2, "`(w, b)`: weights `(d,)`, bias",
+         "`sklearn.linear_model.LinearRegression`", modules=MODELS),
+    Task("ch02_linreg_gd", "linear_regression_gd(X, y, *, lr=0.01, epochs=100)", 3,
+         "`(w, b, losses)`: losses `(epochs,)`, each before its update",
+         "the gradient-descent formulas (first steps), then `LinearRegression`", modules=MODELS),
+    Task("ch02_logreg_gd", "logistic_regression_gd(X, y, *, lr=0.1, epochs=100)", 4,
+         "`(w, b, losses)`: losses `(epochs,)`, each before its update",
+         "the gradient-descent formulas (first steps), then an unpenalised `LogisticRegression`",
+         modules=MODELS),
+    Task("ch02_precision_recall_f1", "precision_recall_f1(y_true, y_pred, positive=1)", 3,
+         "`(precision, recall, f1)`, 0.0 for 0/0", "`sklearn.metrics.precision_recall_fscore_support`",
+         modules=METRICS),
+    Task("ch02_top_k_accuracy", "top_k_accuracy(y_true, scores, k)", 2, "a float in [0, 1]",
+         "`sklearn.metrics.top_k_accuracy_score`", modules=METRICS),
+)
 
 
-def _call(fn, *args, task: str, inputs: dict, **kwargs):
-    """Call the student's function under the guard, with this chapter's forbidden modules."""
-    return call_student(fn, *args, task=task, inputs=inputs, modules=FORBIDDEN, **kwargs)
+def _data_seed(seed: int, label: str) -> int:
+    """:func:`hidden_seed` folded into the range ``llmcourse.tasks`` accepts (itself without a secret)."""
+    return hidden_seed(seed, label) % 2**32
+
+
+# Tolerances, from the worst case of the correct variants in tests/test_checks_ch02.py over 20 course
+# secrets. float64 variants (loops, einsum, lstsq/solve/pinv/QR/centring, torch autograd) stay
+# within 6e-12 of the references everywhere; the float32 ones set the tolerances, each with a
+# margin of at least 10x: max |got-want| / (atol + rtol |want|) <= 0.1.
+# closed form: float32 normal equations and torch's float32 lstsq, up to 3e-4 (w), 3e-3 (b ~ 50)
+CLOSED_RTOL, CLOSED_ATOL = 1e-3, 1e-4
+# first steps of either descent: float32, up to 5e-7 on w, b and 6e-7 relative on the losses
+STEP_RTOL, STEP_ATOL = 1e-5, 1e-6
+# linear regression after 500 epochs vs LinearRegression: float32, up to 7e-7 on w, b
+CONVERGED_RTOL, CONVERGED_ATOL = 1e-5, 1e-6
+# logistic probabilities after 1000 epochs vs LogisticRegression: float64 9.5e-8 (data chosen so
+# the formulas reach it to PROBA_ATOL / 10), float32 3.9e-7; tol 25x the float32 spread
+CONVERGED_EPOCHS, PROBA_ATOL = 1000, 1e-5
+# precision, recall, F1, top-k accuracy: float32 counts or means, up to 9e-8 (ratios are exact in float64)
+RATIO_RTOL, RATIO_ATOL = 1e-6, 1e-6
 
 
 # ----------------------------------------------------------------- helpers
@@ -98,8 +135,8 @@ def bce_gd_reference(X, y, lr: float, epochs: int):
 
 
 def _logistic_data(n: int, d: int, seed: int):
-    """Non-separable data: labels drawn from a logistic model, so the unpenalised optimum is finite."""
-    rng = np.random.default_rng(seed)
+    """Labels drawn from a logistic model (public ``seed``, or the secret's)."""
+    rng = hidden_rng(seed, "ch02.logreg_gd")
     X = rng.normal(size=(n, d))
     logits = X @ rng.normal(size=d) + 0.5 * rng.normal()
     y = (rng.random(n) < expit(logits)).astype(np.int64)
@@ -110,99 +147,85 @@ def _reference_logistic(X, y) -> LogisticRegression:
     return LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(X, y)
 
 
-# ----------------------------------------------------------------- checks
+def _convergent_logistic_data(n: int, d: int, seed: int):
+    """Logistic data whose unpenalised optimum is finite and reached by 1000 steps of lr = 1.
 
-def check_linreg_closed_form(student_fn) -> None:
-    """linear_regression_closed_form(X, y) -> (w, b) equal to LinearRegression's coef_, intercept_."""
-    task = "linear_regression_closed_form"
+    Both classes, coefficients below 10 (not separable), and the float64 formulas within a tenth
+    of the tolerance of ``LogisticRegression`` after 1000 epochs. The published seeds have these
+    properties; under a secret, candidates ``seed + 1000 k`` are tried until one has them.
+    Returns X, y and LogisticRegression's probabilities.
+    """
+    for k in range(50):
+        X, y = _logistic_data(n, d, seed + 1000 * k)
+        if not 0 < y.mean() < 1:
+            continue
+        ref = _reference_logistic(X, y)
+        proba = ref.predict_proba(X)[:, 1]
+        w, b, _ = bce_gd_reference(X, y, 1.0, CONVERGED_EPOCHS)
+        if np.abs(ref.coef_).max() < 10 and np.abs(expit(X @ w + b) - proba).max() < PROBA_ATOL / 10:
+            return X, y, proba
+    raise RuntimeError(f"no convergent logistic data for seed {seed}")  # never seen
+
+
+# ----------------------------------------------------------------- cases
+# Each case list, with its references, depends only on the course secret: it is built once per
+# secret, which the checks pass as the cache key (the inputs are drawn with course_secret()).
+
+@functools.lru_cache(maxsize=4)
+def _closed_form_cases(secret: str | None) -> tuple:
+    """(inputs, X, y, want w, want b)."""
     cases = []
     for seed, (n, d) in enumerate(((20, 1), (50, 3), (100, 5), (12, 6))):
-        X, y, _ = make_regression(n, d, noise=0.3, seed=seed)
+        X, y, _ = make_regression(n, d, noise=0.3, seed=_data_seed(seed, "ch02.linreg_closed_form"))
         cases.append(({"N": n, "d": d, "seed": seed}, X, y))
-    rng = np.random.default_rng(7)  # far from the origin: an intercept and centring both matter
+    rng = hidden_rng(7, "ch02.linreg_closed_form")  # far from the origin: an intercept and centring both matter
     X = 10.0 + rng.normal(size=(40, 2))
     y = 50.0 + X @ np.array([2.0, -3.0]) + 0.5 * rng.normal(size=40)
     cases.append(({"N": 40, "d": 2, "seed": 7, "data": "X around 10, y around 50"}, X, y))
-    for inputs, X, y in cases:
-        ref = LinearRegression().fit(X, y)
-        result = _call(student_fn, X.copy(), y.copy(), task=task, inputs=inputs)
-        _check_model(result, ref.coef_, float(ref.intercept_), task=task, inputs=inputs,
-                     rtol=1e-6, atol=1e-7)
+    fits = [LinearRegression().fit(X, y) for _, X, y in cases]
+    return tuple((*case, ref.coef_, float(ref.intercept_)) for case, ref in zip(cases, fits))
 
 
-def check_linreg_gd(student_fn) -> None:
-    """linear_regression_gd(X, y, lr=, epochs=) -> (w, b, losses): exact first steps, then LinearRegression."""
-    task = "linear_regression_gd"
+@functools.lru_cache(maxsize=4)
+def _linreg_gd_cases(secret: str | None) -> tuple:
+    """(inputs, X, y, lr, epochs, want w, want b, want losses or None, want final loss or None)."""
+    cases = []
     for seed, (n, d, lr) in enumerate(((10, 2, 0.05), (30, 3, 0.1), (50, 1, 0.01), (7, 4, 0.2))):
-        X, y, _ = make_regression(n, d, noise=0.5, seed=seed)
+        X, y, _ = make_regression(n, d, noise=0.5, seed=_data_seed(seed, "ch02.linreg_gd"))
         y = y + 3.0  # a clear intercept
         for epochs in (1, 3):
             inputs = {"N": n, "d": d, "seed": seed, "lr": lr, "epochs": epochs}
-            w, b, losses = mse_gd_reference(X, y, lr, epochs)
-            result = _call(student_fn, X.copy(), y.copy(), lr=lr, epochs=epochs, task=task, inputs=inputs)
-            _check_model(result, w, b, task=task, inputs=inputs, rtol=1e-7, atol=1e-10,
-                         losses_want=losses, losses_len=epochs)
+            cases.append((inputs, X, y, lr, epochs, *mse_gd_reference(X, y, lr, epochs), None))
     for seed, (n, d) in enumerate(((200, 3), (100, 1), (150, 5))):
-        X, y, _ = make_regression(n, d, noise=0.1, seed=10 + seed)
+        X, y, _ = make_regression(n, d, noise=0.1, seed=_data_seed(10 + seed, "ch02.linreg_gd"))
         inputs = {"N": n, "d": d, "seed": 10 + seed, "lr": 0.1, "epochs": 500}
         ref = LinearRegression().fit(X, y)
-        result = _call(student_fn, X.copy(), y.copy(), lr=0.1, epochs=500, task=task, inputs=inputs)
-        losses = _check_model(result, ref.coef_, float(ref.intercept_), task=task, inputs=inputs,
-                              rtol=1e-5, atol=1e-5, losses_len=500)
         final_mse = float(np.mean((ref.predict(X) - y) ** 2))
-        assert_close(losses[-1], final_mse, what="losses[-1] (should approach LinearRegression's "
-                     "mean squared error)", inputs=inputs, rtol=1e-4, atol=1e-8)
+        cases.append((inputs, X, y, 0.1, 500, ref.coef_, float(ref.intercept_), None, final_mse))
+    return tuple(cases)
 
 
-def check_logreg_gd(student_fn) -> None:
-    """logistic_regression_gd(X, y, lr=, epochs=) -> (w, b, losses): exact steps, convergence, stability."""
-    task = "logistic_regression_gd"
+@functools.lru_cache(maxsize=4)
+def _logreg_gd_cases(secret: str | None) -> tuple:
+    """Steps: (inputs, X, y, lr, epochs, want w, want b, want losses); convergence: (inputs, X, y, proba)."""
+    steps, converge = [], []
     for seed, (n, d, lr) in enumerate(((10, 2, 0.5), (40, 3, 1.0), (25, 1, 0.1))):
         X, y = _logistic_data(n, d, seed)
         for epochs in (1, 3):
             inputs = {"N": n, "d": d, "seed": seed, "lr": lr, "epochs": epochs}
-            w, b, losses = bce_gd_reference(X, y, lr, epochs)
-            result = _call(student_fn, X.copy(), y.copy(), lr=lr, epochs=epochs, task=task, inputs=inputs)
-            _check_model(result, w, b, task=task, inputs=inputs, rtol=1e-7, atol=1e-10,
-                         losses_want=losses, losses_len=epochs)
+            steps.append((inputs, X, y, lr, epochs, *bce_gd_reference(X, y, lr, epochs)))
     for seed, (n, d) in enumerate(((200, 2), (300, 3), (150, 1))):
-        X, y = _logistic_data(n, d, 10 + seed)
-        inputs = {"N": n, "d": d, "seed": 10 + seed, "lr": 1.0, "epochs": 1000}
-        ref = _reference_logistic(X, y)
-        result = _call(student_fn, X.copy(), y.copy(), lr=1.0, epochs=1000, task=task, inputs=inputs)
-        w, b, _ = unpack(result, ("w", "b", "losses"), what=task, inputs=inputs)
-        w = to_array(w, what="w (weights)", inputs=inputs).astype(float)
-        if w.shape != (d,):
-            fail(f"w (weights){describe(inputs)}: shape {tuple(w.shape)} but expected ({d},)")
-        b = assert_scalar(b, what="b (bias)", inputs=inputs)
-        with np.errstate(all="ignore"):
-            proba = expit(X @ w + b)
-        assert_close(proba, ref.predict_proba(X)[:, 1], what="probabilities sigmoid(X w + b) after "
-                     "1000 epochs (vs unpenalised LogisticRegression)", inputs=inputs, rtol=0, atol=1e-5)
-    # huge logits: after one step the scores are in the hundreds of thousands
-    X = np.array([[1000.0], [-1000.0], [500.0]])
-    y = np.array([1, 0, 0])
-    inputs = {"X": X.ravel().tolist(), "y": y.tolist(), "lr": 1.0, "epochs": 3}
-    w, b, losses = bce_gd_reference(X, y, 1.0, 3)
-    with np.errstate(all="ignore"):
-        result = _call(student_fn, X.copy(), y.copy(), lr=1.0, epochs=3, task=task, inputs=inputs)
-    parts = unpack(result, ("w", "b", "losses"), what=task, inputs=inputs)
-    got = to_array(parts[2], what="losses", inputs=inputs).astype(float)
-    if got.shape == (3,) and not np.all(np.isfinite(got)):
-        fail(f"losses{describe(inputs)}: got {got.tolist()}, expected finite values "
-             f"{np.round(losses, 3).tolist()}: with logits this large sigmoid(z) rounds to exactly 0 or 1, "
-             f"so log(p) or log(1 - p) is -inf (and 0 * -inf is nan); compute the loss from z "
-             f"directly, e.g. np.mean(np.logaddexp(0, z) - y * z)")
-    _check_model(result, w, b, task=task, inputs=inputs, rtol=1e-7, atol=1e-8,
-                 losses_want=losses, losses_len=3)
+        inputs = {"N": n, "d": d, "seed": 10 + seed, "lr": 1.0, "epochs": CONVERGED_EPOCHS}
+        converge.append((inputs, *_convergent_logistic_data(n, d, 10 + seed)))
+    return tuple(steps), tuple(converge)
 
 
-def check_precision_recall_f1(student_fn) -> None:
-    """precision_recall_f1(y_true, y_pred, positive=) -> (p, r, f1) equal to scikit-learn's binary scores."""
-    task = "precision_recall_f1"
+@functools.lru_cache(maxsize=4)
+def _prf_cases(secret: str | None) -> tuple:
+    """(inputs, y_true, y_pred, positive, want (precision, recall, f1))."""
     cases = []
     for seed, n in enumerate((10, 50, 200)):
-        rng = np.random.default_rng(seed)
+        rng = hidden_rng(seed, "ch02.precision_recall_f1")
         y_true = rng.integers(0, 2, size=n)
         # right 60% of the time, otherwise a guess biased towards 1: precision != recall
         y_pred = np.where(rng.random(n) < 0.6, y_true, (rng.random(n) < 0.7).astype(np.int64))
@@ -217,41 +240,110 @@ def check_precision_recall_f1(student_fn) -> None:
         "precision 1, recall 1/3": ([1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]),
     }
     for name, (t, p) in edge.items():
-        cases.append(({"case": name, "y_true": t, "y_pred": p, "positive": 1},
-                      np.array(t), np.array(p), 1))
+        cases.append(({"case": name, "y_true": t, "y_pred": p, "positive": 1}, np.array(t), np.array(p), 1))
     cases.append(({"case": "positive=0, no predicted zeros", "y_true": [0, 1, 1], "y_pred": [1, 1, 1],
                    "positive": 0}, np.array([0, 1, 1]), np.array([1, 1, 1]), 0))
-    for inputs, y_true, y_pred, positive in cases:
-        want = precision_recall_fscore_support(y_true, y_pred, average="binary", pos_label=positive,
-                                               zero_division=0)[:3]
-        result = _call(student_fn, y_true.copy(), y_pred.copy(), positive=positive, task=task,
-                      inputs=inputs)
-        parts = unpack(result, ("precision", "recall", "f1"), what=task, inputs=inputs)
+    return tuple((*case, precision_recall_fscore_support(case[1], case[2], average="binary", pos_label=case[3],
+                                                        zero_division=0)[:3]) for case in cases)
+
+
+@functools.lru_cache(maxsize=4)
+def _top_k_cases(secret: str | None) -> tuple:
+    """(inputs, y_true, scores, k, want)."""
+    cases = []
+    for seed in (0, 1, 2):
+        rng = hidden_rng(seed, "ch02.top_k_accuracy")
+        for n, c in ((10, 3), (50, 5), (100, 10), (7, 4), (1, 5), (60, 3)):
+            scores = rng.normal(size=(n, c))  # continuous: no ties
+            y_true = rng.integers(0, c, size=n)
+            for k in sorted({1, 2, c - 1, c}):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # k >= C warns; the answer is still 1.0
+                    want = top_k_accuracy_score(y_true, scores, k=k, labels=np.arange(c))
+                cases.append(({"N": n, "C": c, "k": k, "seed": seed}, y_true, scores, k, float(want)))
+    return tuple(cases)
+
+
+# ----------------------------------------------------------------- checks
+
+def check_linreg_closed_form(student_fn) -> None:
+    """linear_regression_closed_form(X, y) -> (w, b) equal to LinearRegression's coef_, intercept_."""
+    for inputs, X, y, w, b in _closed_form_cases(course_secret()):
+        result = call_student(student_fn, X.copy(), y.copy(), task=CLOSED_FORM, inputs=inputs)
+        _check_model(result, w, b, task=CLOSED_FORM.name, inputs=inputs, rtol=CLOSED_RTOL, atol=CLOSED_ATOL)
+
+
+def check_linreg_gd(student_fn) -> None:
+    """linear_regression_gd(X, y, lr=, epochs=) -> (w, b, losses): exact first steps, then LinearRegression."""
+    for inputs, X, y, lr, epochs, w, b, losses, final_mse in _linreg_gd_cases(course_secret()):
+        result = call_student(student_fn, X.copy(), y.copy(), lr=lr, epochs=epochs, task=LINREG_GD, inputs=inputs)
+        if final_mse is None:  # the first steps, against the formulas
+            _check_model(result, w, b, task=LINREG_GD.name, inputs=inputs, rtol=STEP_RTOL, atol=STEP_ATOL,
+                         losses_want=losses, losses_len=epochs)
+            continue
+        got = _check_model(result, w, b, task=LINREG_GD.name, inputs=inputs, rtol=CONVERGED_RTOL,
+                           atol=CONVERGED_ATOL, losses_len=epochs)
+        assert_close(got[-1], final_mse, what="losses[-1] (should approach LinearRegression's "
+                     "mean squared error)", inputs=inputs, rtol=CONVERGED_RTOL, atol=CONVERGED_ATOL)
+
+
+def check_logreg_gd(student_fn) -> None:
+    """logistic_regression_gd(X, y, lr=, epochs=) -> (w, b, losses): exact steps, convergence, stability."""
+    task = LOGREG_GD.name
+    steps, converge = _logreg_gd_cases(course_secret())
+    for inputs, X, y, lr, epochs, w, b, losses in steps:
+        result = call_student(student_fn, X.copy(), y.copy(), lr=lr, epochs=epochs, task=LOGREG_GD, inputs=inputs)
+        _check_model(result, w, b, task=task, inputs=inputs, rtol=STEP_RTOL, atol=STEP_ATOL,
+                     losses_want=losses, losses_len=epochs)
+    for inputs, X, y, proba_want in converge:
+        result = call_student(student_fn, X.copy(), y.copy(), lr=1.0, epochs=CONVERGED_EPOCHS, task=LOGREG_GD,
+                       inputs=inputs)
+        w, b, _ = unpack(result, ("w", "b", "losses"), what=task, inputs=inputs)
+        w = to_array(w, what="w (weights)", inputs=inputs).astype(float)
+        if w.shape != (X.shape[1],):
+            fail(f"w (weights){describe(inputs)}: shape {tuple(w.shape)} but expected ({X.shape[1]},)")
+        b = assert_scalar(b, what="b (bias)", inputs=inputs)
+        with np.errstate(all="ignore"):
+            proba = expit(X @ w + b)
+        assert_close(proba, proba_want, what=f"probabilities sigmoid(X w + b) after {CONVERGED_EPOCHS} epochs "
+                     "(vs unpenalised LogisticRegression)", inputs=inputs, rtol=0, atol=PROBA_ATOL)
+    # huge logits: after one step the scores are in the hundreds of thousands
+    X = np.array([[1000.0], [-1000.0], [500.0]])
+    y = np.array([1, 0, 0])
+    inputs = {"X": X.ravel().tolist(), "y": y.tolist(), "lr": 1.0, "epochs": 3}
+    w, b, losses = bce_gd_reference(X, y, 1.0, 3)
+    with np.errstate(all="ignore"):
+        result = call_student(student_fn, X.copy(), y.copy(), lr=1.0, epochs=3, task=LOGREG_GD, inputs=inputs)
+    parts = unpack(result, ("w", "b", "losses"), what=task, inputs=inputs)
+    got = to_array(parts[2], what="losses", inputs=inputs).astype(float)
+    if got.shape == (3,) and not np.all(np.isfinite(got)):
+        fail(f"losses{describe(inputs)}: got {got.tolist()}, expected finite values "
+             f"{np.round(losses, 3).tolist()}: with logits this large sigmoid(z) rounds to exactly 0 or 1, "
+             f"so log(p) or log(1 - p) is -inf (and 0 * -inf is nan); compute the loss from z "
+             f"directly, e.g. np.mean(np.logaddexp(0, z) - y * z)")
+    _check_model(result, w, b, task=task, inputs=inputs, rtol=STEP_RTOL, atol=STEP_ATOL,
+                 losses_want=losses, losses_len=3)
+
+
+def check_precision_recall_f1(student_fn) -> None:
+    """precision_recall_f1(y_true, y_pred, positive=) -> (p, r, f1) equal to scikit-learn's binary scores."""
+    for inputs, y_true, y_pred, positive, want in _prf_cases(course_secret()):
+        result = call_student(student_fn, y_true.copy(), y_pred.copy(), positive=positive, task=PRF, inputs=inputs)
+        parts = unpack(result, ("precision", "recall", "f1"), what=PRF.name, inputs=inputs)
         for name, got, ref in zip(("precision", "recall", "f1"), parts, want):
             value = assert_scalar(got, what=name, inputs=inputs)
-            assert_close(value, float(ref), what=name, inputs=inputs, rtol=1e-9, atol=1e-12)
+            assert_close(value, float(ref), what=name, inputs=inputs, rtol=RATIO_RTOL, atol=RATIO_ATOL)
 
 
 def check_top_k_accuracy(student_fn) -> None:
     """top_k_accuracy(y_true, scores, k) -> fraction of rows whose true class is among the k highest scores."""
-    task = "top_k_accuracy"
-    shapes = ((10, 3), (50, 5), (100, 10), (7, 4), (1, 5), (60, 3))
-    for seed in (0, 1, 2):
-        rng = np.random.default_rng(seed)
-        for n, c in shapes:
-            scores = rng.normal(size=(n, c))  # continuous: no ties
-            y_true = rng.integers(0, c, size=n)
-            for k in sorted({1, 2, c - 1, c}):
-                inputs = {"N": n, "C": c, "k": k, "seed": seed}
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # k >= C warns; the answer is still 1.0
-                    want = top_k_accuracy_score(y_true, scores, k=k, labels=np.arange(c))
-                got = _call(student_fn, y_true.copy(), scores.copy(), k, task=task, inputs=inputs)
-                value = assert_scalar(got, what="top-k accuracy", inputs=inputs)
-                assert_close(value, float(want), what="top-k accuracy (a fraction in [0, 1])",
-                             inputs=inputs, rtol=1e-9, atol=1e-12)
+    for inputs, y_true, scores, k, want in _top_k_cases(course_secret()):
+        got = call_student(student_fn, y_true.copy(), scores.copy(), k, task=TOP_K, inputs=inputs)
+        value = assert_scalar(got, what="top-k accuracy", inputs=inputs)
+        assert_close(value, want, what="top-k accuracy (a fraction in [0, 1])", inputs=inputs,
+                     rtol=RATIO_RTOL, atol=RATIO_ATOL)
 
 
-__all__ = ["check_linreg_closed_form", "check_linreg_gd", "check_logreg_gd",
+__all__ = ["TASKS", "check_linreg_closed_form", "check_linreg_gd", "check_logreg_gd",
            "check_precision_recall_f1", "check_top_k_accuracy",
            "mse_gd_reference", "bce_gd_reference"]
