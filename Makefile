@@ -10,13 +10,14 @@ STAMP := $(VENV)/.installed
 #   make book TORCH_PIP_FLAGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_FLAGS ?=
 
-.PHONY: install book check-book test test-fast release lint bench clean help
+.PHONY: install base book check-book test test-fast release lint bench clean help
 
 help:
 	@echo "make book     build the HTML book into _build/html (installs first if needed)"
 	@echo "make test     run the test suite (installs first if needed)"
 	@echo "make check-book  open every built page in headless Chromium: images, math, errors, console, widgets, links"
 	@echo "make release  regenerate exercises/ from solutions/"
+	@echo "make base     re-train the shipped base model and tokenizer (src/llmcourse/checkpoints/base)"
 	@echo "make lint     ruff over the library, autograder and tests"
 	@echo "make bench    measure build and grading times into benchmarks/results/"
 
@@ -44,6 +45,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+base: $(STAMP)
+	$(PY) -m llmcourse.recipes.base
 
 release: $(STAMP)
 	$(PY) -m autograder release
