@@ -12,6 +12,9 @@ a few tagged objects stand for the values checks need:
 ``{"__h__": id}``    a handle on an object that stays in the sandbox
 ``{"__name__": n}``  a name in the student's namespace (a function, a class)
 ``{"__float__"}``    ``nan``, ``inf`` or ``-inf``
+``{"__str__": b64}`` a string holding surrogate code points, as UTF-8 with
+                     ``surrogatepass`` (JSON would join a high and a low
+                     surrogate into one character on the way)
 ===================  =========================================================
 
 Decoding checks every field (types, dtype, size), so a malformed or hostile message
@@ -24,6 +27,7 @@ import base64
 import json
 import math
 import os
+import re
 import struct
 
 import numpy as np
@@ -37,6 +41,7 @@ TORCH_DTYPES = {"float16": "float16", "bfloat16": "float32", "float32": "float32
                 "int64": "int64", "uint8": "uint8", "bool": "bool",
                 "complex64": "complex64", "complex128": "complex128"}
 MAX_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class WireError(ValueError):
@@ -53,6 +58,8 @@ def encode(value, *, handle=None, depth: int = 0):
     """``value`` as JSON-ready data. ``handle(obj) -> int`` stores what is not plain data."""
     if depth > MAX_DEPTH:
         raise Unencodable("nested too deeply")
+    if isinstance(value, str) and _SURROGATE.search(value):
+        return {"__str__": base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")}
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
@@ -141,6 +148,11 @@ def decode(data, *, handle=None, name=None, depth: int = 0):
         if handle is None or not isinstance(data["__h__"], int):
             raise WireError("unexpected handle")
         return handle(data["__h__"], str(data.get("type", "object"))[:80])
+    if "__str__" in data:
+        try:
+            return base64.b64decode(str(data["__str__"]), validate=True).decode("utf-8", "surrogatepass")
+        except ValueError as exc:
+            raise WireError("bad string") from exc
     if "__name__" in data:
         if name is None or not isinstance(data["__name__"], str) or not data["__name__"].isidentifier():
             raise WireError("unexpected name")

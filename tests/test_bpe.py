@@ -169,3 +169,53 @@ def test_bpe_save_load(tok, tmp_path, small_text):
 
 def test_bpe_train_is_deterministic(small_text):
     assert bpe.train(small_text, 400).merges == bpe.train(small_text, 400).merges
+
+
+def _naive_train_ids(text: str, n_merges: int) -> list[tuple[int, int, int]]:
+    """Full recount after every merge; ties to the smallest (left id, right id); equal bytes share an id."""
+    words = {}
+    for piece in bpe.pre_tokenize(text):
+        key = tuple(bpe.to_bytes(piece))
+        words[key] = words.get(key, 0) + 1
+    words = [(list(w), f) for w, f in words.items()]
+    vocab = {i: bytes([i]) for i in range(256)}
+    id_of = {b: i for i, b in vocab.items()}
+    merges = []
+    for _ in range(n_merges):
+        counts = {}
+        for ids, f in words:
+            for pair in zip(ids, ids[1:]):
+                counts[pair] = counts.get(pair, 0) + f
+        if not counts:
+            break
+        pair = min(counts, key=lambda p: (-counts[p], p))
+        new_id = id_of.setdefault(vocab[pair[0]] + vocab[pair[1]], len(vocab))
+        vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
+        merges.append((*pair, new_id))
+        words = [(bpe.merge(ids, pair, new_id), f) for ids, f in words]
+    return merges
+
+
+def test_bpe_tie_break_ids_known_answer():
+    """"ab" and " c" each occur once: by plain ids the space (32) comes first, by GPT-2's order "a" does."""
+    assert bpe.train("ab c", 257, special_tokens=(), tie_break="ids").merges == [(32, 99, 256)]
+    assert bpe.train("ab c", 257, special_tokens=(), tie_break="gpt2").merges == [(97, 98, 256)]
+    t = bpe.train("aaabdaaabac", 256 + 3, special_tokens=(), tie_break="ids")
+    assert t.merges == [(97, 97, 256), (97, 98, 257), (256, 257, 258)]
+
+
+def test_bpe_tie_break_ids_matches_a_full_recount(small_text):
+    """The heap with its incremental counts learns the merges a recount after every merge learns."""
+    import random
+
+    rng = random.Random(0)
+    tie_heavy = " ".join("".join(rng.choice("abcd") for _ in range(rng.randint(1, 5))) for _ in range(300))
+    for text, n in ((small_text[:20_000], 120), (tie_heavy, 60), ("".join(HOSTILE) * 3, 40)):
+        got = bpe.train(text, 256 + n, special_tokens=(), tie_break="ids").merges
+        assert got == _naive_train_ids(text, n), f"tie_break='ids' differs from a full recount on {text[:30]!r}"
+
+
+def test_bpe_tie_break_default_unchanged(small_text):
+    assert bpe.train(small_text, 400).merges == bpe.train(small_text, 400, tie_break="gpt2").merges
+    with pytest.raises(ValueError, match="tie_break must be 'gpt2' or 'ids', got 'bytes'"):
+        bpe.train("abc", 300, tie_break="bytes")

@@ -24,6 +24,7 @@ from tests.conftest import REPO
     None, True, 3, -2.5, "text", [1, 2.0, "x"], (1, (2, 3)), {"a": [1, {"b": None}]},
     np.arange(6, dtype=np.int32).reshape(2, 3), np.float32(1.5), np.array([], dtype=bool),
     torch.randn(2, 3, dtype=torch.float64), torch.tensor([1, 2], dtype=torch.int64),
+    "a\ud83d\ude00b", "lone \udc80 low", ["\ud800", {"k": "\udfff\ud800"}], "\U0001F600 \u6c49",
 ])
 def test_wire_round_trips_plain_data(value):
     back = wire.decode(json.loads(json.dumps(wire.encode(value))))

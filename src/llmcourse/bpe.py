@@ -15,7 +15,8 @@ needed. Training, here:
 3. Repeatedly merge the most frequent adjacent pair into a new token. Ties go
    to the pair that comes first in ``tie_rank`` order (see there), which is the
    order the Hugging Face ``tokenizers`` trainer uses, so both learn the same
-   merges. After each merge only the words that held the pair are recounted,
+   merges (``tie_break="ids"`` breaks ties by plain ids instead: the rule the
+   chapter's exercise asks for). After each merge only the words that held the pair are recounted,
    and a heap keeps the pairs in order, so training takes seconds.
 
 Encoding cuts the text the same way and, inside each pre-token, applies the
@@ -212,7 +213,7 @@ def _allowed(allowed_special, special_tokens: dict[str, int]) -> set[str]:
 
 
 def train(text: str, vocab_size: int, *, special_tokens: Iterable[str] = DEFAULT_SPECIAL_TOKENS,
-          split_digits: bool = False, min_frequency: int = 1) -> BPETokenizer:
+          split_digits: bool = False, min_frequency: int = 1, tie_break: str = "gpt2") -> BPETokenizer:
     """Learn a byte-level BPE with ``vocab_size`` ids (256 bytes + merged tokens + special tokens).
 
     Special-token text inside ``text`` is cut out before counting (never learned, never merged).
@@ -220,7 +221,10 @@ def train(text: str, vocab_size: int, *, special_tokens: Iterable[str] = DEFAULT
     stops with a smaller vocabulary. ``split_digits=True`` uses ``SPLIT_DIGITS_PATTERN``.
 
     Tie-break: among pairs with the highest count, the pair (a, b) with the smallest
-    ``(tie_rank(a), tie_rank(b))`` wins, as in the Hugging Face trainer.
+    ``(tie_rank(a), tie_rank(b))`` wins, as in the Hugging Face trainer (``tie_break="gpt2"``).
+    ``tie_break="ids"``: the smallest ``(a, b)`` wins, ids compared as plain numbers (a byte's id
+    is its value, a merged token's id the order it was made in), e.g. " c" (32, 99) before "ab"
+    (97, 98), where GPT-2's order puts the printable "a" first.
     """
     if not isinstance(text, str):
         raise TypeError(f"train expects a str, got {type(text).__name__}")
@@ -232,6 +236,9 @@ def train(text: str, vocab_size: int, *, special_tokens: Iterable[str] = DEFAULT
                          f"= {256 + len(specials)}, got {vocab_size!r}")
     if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
         raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
+    if tie_break not in ("gpt2", "ids"):
+        raise ValueError(f"tie_break must be 'gpt2' or 'ids', got {tie_break!r}")
+    rank = tie_rank if tie_break == "gpt2" else int
     pattern = SPLIT_DIGITS_PATTERN if split_digits else GPT2_PATTERN
 
     # 1-2. Word-frequency table of pre-tokens (special tokens cut out); each word as a list of byte ids.
@@ -249,7 +256,7 @@ def train(text: str, vocab_size: int, *, special_tokens: Iterable[str] = DEFAULT
             where[pair].add(w)
 
     def entry(pair):  # heapq pops the smallest: highest count, then lowest tie ranks
-        return (-pair_counts[pair], tie_rank(pair[0]), tie_rank(pair[1]), pair)
+        return (-pair_counts[pair], rank(pair[0]), rank(pair[1]), pair)
 
     heap = [entry(p) for p in pair_counts]
     heapq.heapify(heap)

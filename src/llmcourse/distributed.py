@@ -23,7 +23,7 @@ states (2 Psi + 2 Psi + K Psi / N_d), stage 2 also the gradients
 (2 Psi + (2 + K) Psi / N_d), stage 3 also the weights ((2 + 2 + K) Psi / N_d),
 fetched layer by layer when needed. PyTorch's FSDP is stage 3
 (``FULL_SHARD``) or stage 2 (``SHARD_GRAD_OP``). The paper's example, 7.5 B
-parameters on 64 GPUs: 120 GB, 31.4 GB, 16.6 GB, 1.88 GB (its Figure 1).
+parameters on 64 GPUs: 120 GB, 31.4 GB, 16.6 GB, 1.9 GB (its Figure 1; exactly 1.875 GB).
 
 Compute: training costs about 6 N flops per token for N parameters (2 per
 multiply-add, forward once, backward twice; Kaplan et al. 2020), plus attention
