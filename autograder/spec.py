@@ -95,20 +95,20 @@ def assignments() -> list[str]:
 
 
 def task_table(assignment: str) -> str:
-    """A Markdown table of the tasks: function, what it returns, points, reference, what is forbidden."""
+    """Markdown: a table of the tasks (function, what it returns, points, reference), then what each forbids."""
     tasks = tasks_of(assignment)
-    rows = ["| task (grade id) | you write | it returns | points | checked against | not allowed |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| task (grade id) | you write | it returns | points | checked against |",
+            "| --- | --- | --- | --- | --- |"]
     for t in tasks:
-        forbidden = ", ".join(f"`{x}`" for x in t.forbidden) or "nothing"
-        rows.append(f"| `{t.grade_id}` | `{t.signature}` | {t.returns} | {t.points} | {t.reference} "
-                    f"| {forbidden} |")
+        rows.append(f"| `{t.grade_id}` | `{t.signature}` | {t.returns} | {t.points} | {t.reference} |")
     total = sum(t.points for t in tasks)
-    return "\n".join(rows) + f"\n\n{len(tasks)} tasks, {total} points in all."
+    rules = [f"- `{t.name}`: " + (", ".join(f"`{x}`" for x in t.forbidden) or "nothing") for t in tasks]
+    return ("\n".join(rows) + f"\n\n{len(tasks)} tasks, {total} points in all. Not allowed in each task "
+            "(the grader's whole list):\n\n" + "\n".join(rules))
 
 
 def show_task_table(assignment: str):
-    """The task table as a rich Markdown output (for the book's exercise pages)."""
+    """The task table and rules as a rich Markdown output (for the book's exercise pages)."""
     from IPython.display import Markdown
 
     return Markdown(task_table(assignment))

@@ -126,6 +126,14 @@ def test_widget_repr_in_an_output_is_a_widget_shown_as_text(check):
                       '''#intro, cell 1: "VBox(children=(FloatSlider(value=1.0, description='w'), Output()))"''')]
 
 
+def test_markdown_table_left_as_a_paragraph_is_markdown_shown_as_text(check):
+    found = check('<p>| task | points |\n| --- | --- |\n| <code>ch01_fit</code> | 4 |</p>'
+                  '<table><tr><td>| --- |</td></tr></table><pre>| --- | in code is fine |</pre>')
+    assert len(found) == 1 and found[0][0] == "Markdown shown as text" and "| --- | --- |" in found[0][1]
+    found = check('<p>| task | points | \u2014 | \u2014 | <code>ch01_fit</code> | 4 |</p>')  # --- made em dashes
+    assert [what for what, _ in found] == ["Markdown shown as text"]
+
+
 def test_internal_links_that_do_not_resolve_are_broken_links(check):
     found = check('<a href="nowhere.html">a</a> <a href="other.html#gone">b</a> <a href="#missing">c</a> '
                   '<a href="../outside.html">d</a>')

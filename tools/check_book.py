@@ -12,6 +12,8 @@ empty browser storage, as by a first-time visitor, and fails on:
 - a console error: any SEVERE entry in the browser's console (uncaught exceptions, ``console.error``,
   resources that failed to load);
 - a widget shown as text: an ipywidgets repr such as ``VBox(children=(...`` in a cell output;
+- Markdown shown as text: a table's ``| --- |`` rule left in a paragraph (a Markdown output the
+  book did not render);
 - an internal link that does not resolve: a missing file, a missing ``#anchor``, or a file outside
   the built book. (A redirect page, such as Jupyter Book's root index.html, only needs its target.)
 
@@ -160,6 +162,17 @@ function checkWidgets() {
   }
 }
 
+// A Markdown table that reached the page as a paragraph of pipes: "| a | b |\n| --- | --- |" (a
+// typographer may have turned each --- into an em dash)
+const RAW_TABLE = /\|\s*(:?-{3,}:?|[\u2014\u2013]+)\s*\|/;
+function checkRawMarkdown() {
+  for (const el of document.querySelectorAll('main p, main li')) {
+    if (el.closest('pre, code, table')) continue;
+    const match = el.innerText.match(RAW_TABLE);
+    if (match) add('Markdown shown as text', el, quote(el.innerText.slice(Math.max(0, match.index - 40))));
+  }
+}
+
 function links() {
   return Array.from(document.querySelectorAll('a[href]'), (a) => [a.getAttribute('href'), a.href, where(a)]);
 }
@@ -170,6 +183,7 @@ function links() {
   checkRawLatex();
   checkOutputs();
   checkWidgets();
+  checkRawMarkdown();
   const ids = Array.from(document.querySelectorAll('[id], a[name]'), (el) => el.id || el.getAttribute('name'));
   done({found, broken_images: broken, links: links(), ids});
 })().catch((e) => done({error: String(e && e.stack || e)}));
