@@ -28,6 +28,21 @@ def solution_of(assignment: str) -> dict:
     return solution_namespace(notebook_path(assignment))
 
 
+def assert_checks_hold(assignment: str, checks, tasks, correct: dict, mistakes: dict) -> None:
+    """Each task's check gives full marks to the solution and to ``correct[check name]``, and fails
+    every planted ``mistakes[check name]`` (pytest params); run it under several course secrets."""
+    from autograder.compare import CheckFailed
+
+    solution = solution_of(assignment)
+    for task in tasks:
+        check = getattr(checks, task.check)
+        for fn in (solution[task.name], *correct.get(task.check, ())):
+            check(fn)
+        for param in mistakes.get(task.check, ()):
+            with pytest.raises(CheckFailed):
+                check(param.values[0])
+
+
 def correct(*fns):
     """pytest params for correct implementations written differently from the solution, named after each."""
     return [pytest.param(fn, id=fn.__name__) for fn in fns]

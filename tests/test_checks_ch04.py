@@ -22,7 +22,7 @@ from torch import nn
 from autograder.checks import ch04_cnn as checks
 from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, call_guarded, static_violations
-from tests.notebook_kernel import correct, kernel, planted, solution_of
+from tests.notebook_kernel import assert_checks_hold, correct, kernel, planted, solution_of
 
 ASSIGNMENT = "ch04_cnn"
 # The mistake the nbgrader round trip in test_autograder_cli plants: (answer cell, wrong code).
@@ -738,13 +738,7 @@ def test_checks_hold_under_several_course_secrets(monkeypatch, secret):
     train_cnn is left out: it trains networks, and its held-out data has tests of its own.
     """
     monkeypatch.setenv("AUTOGRADER_SECRET", secret)
-    solution = solution_of(ASSIGNMENT)
-    for task in checks.TASKS[:3]:
-        for fn in (solution[task.name], *CORRECT[task.check]):
-            check_of(task)(fn)
-        for param in MISTAKES[task.check]:
-            with pytest.raises(CheckFailed):
-                check_of(task)(param.values[0])
+    assert_checks_hold(ASSIGNMENT, checks, checks.TASKS[:3], CORRECT, MISTAKES)
 
 
 def test_course_secret_changes_the_inputs(monkeypatch):

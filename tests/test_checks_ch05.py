@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from autograder.checks import ch05_rnn as checks
 from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, static_violations
-from tests.notebook_kernel import correct, kernel, planted, solution_of
+from tests.notebook_kernel import assert_checks_hold, correct, kernel, planted, solution_of
 
 ASSIGNMENT = "ch05_rnn"
 # The mistake the nbgrader round trip in test_autograder_cli plants: (answer cell, wrong code).
@@ -586,13 +586,7 @@ MISTAKES = {"check_rnn_cell": RNN_MISTAKES, "check_lstm_cell": LSTM_CELL_MISTAKE
 def test_checks_hold_under_several_course_secrets(monkeypatch, secret):
     """With a secret the inputs change; the solution and the correct variants still pass, mistakes fail."""
     monkeypatch.setenv("AUTOGRADER_SECRET", secret)
-    solution = solution_of(ASSIGNMENT)
-    for task in checks.TASKS:
-        for fn in (solution[task.name], *CORRECT[task.check]):
-            check_of(task)(fn)
-        for param in MISTAKES[task.check]:
-            with pytest.raises(CheckFailed):
-                check_of(task)(param.values[0])
+    assert_checks_hold(ASSIGNMENT, checks, checks.TASKS, CORRECT, MISTAKES)
 
 
 def test_course_secret_changes_the_inputs(monkeypatch):

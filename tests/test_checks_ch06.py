@@ -21,7 +21,7 @@ from autograder.checks import _ch06_references as refs
 from autograder.checks import ch06_transformers as checks
 from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, static_violations
-from tests.notebook_kernel import correct, kernel, planted, solution_of
+from tests.notebook_kernel import assert_checks_hold, correct, kernel, planted, solution_of
 
 ASSIGNMENT = "ch06_transformers"
 # The mistake the nbgrader round trip plants: heads split with a view but no transpose. No other
@@ -820,10 +820,4 @@ def test_fully_masked_rows_are_exactly_the_ones_described(monkeypatch, secret):
 def test_checks_hold_under_several_course_secrets(monkeypatch, secret):
     """With a secret the inputs change; the solution and the correct variants still pass, mistakes fail."""
     monkeypatch.setenv("AUTOGRADER_SECRET", secret)
-    solution = solution_of(ASSIGNMENT)
-    for task in checks.TASKS:
-        for fn in (solution[task.name], *CORRECT[task.check]):
-            check_of(task)(fn)
-        for param in MISTAKES[task.check]:
-            with pytest.raises(CheckFailed):
-                check_of(task)(param.values[0])
+    assert_checks_hold(ASSIGNMENT, checks, checks.TASKS, CORRECT, MISTAKES)

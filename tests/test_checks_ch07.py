@@ -27,7 +27,7 @@ from autograder.checks import _ch07_references as ref
 from autograder.checks import ch07_tokens as checks
 from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, static_violations
-from tests.notebook_kernel import correct, kernel, planted, solution_of
+from tests.notebook_kernel import assert_checks_hold, correct, kernel, planted, solution_of
 
 ASSIGNMENT = "ch07_tokens"
 # The mistake the nbgrader round trip in test_autograder_cli plants: (answer cell, wrong code).
@@ -874,13 +874,7 @@ MISTAKES = {"check_bpe_train": TRAIN_MISTAKES, "check_bpe_encode": ENCODE_MISTAK
 def test_checks_hold_under_several_course_secrets(monkeypatch, secret):
     """With a secret the inputs change; the solution and the correct variants still pass, mistakes fail."""
     monkeypatch.setenv("AUTOGRADER_SECRET", secret)
-    solution = solution_of(ASSIGNMENT)
-    for task in checks.TASKS:
-        for fn in (solution[task.name], *CORRECT[task.check]):
-            check_of(task)(fn)
-        for param in MISTAKES[task.check]:
-            with pytest.raises(CheckFailed):
-                check_of(task)(param.values[0])
+    assert_checks_hold(ASSIGNMENT, checks, checks.TASKS, CORRECT, MISTAKES)
 
 
 def test_course_secret_changes_the_inputs(monkeypatch):
