@@ -13,7 +13,7 @@ from tests.conftest import REPO
 def _pins(requirements) -> dict[str, str]:
     out = {}
     for req in requirements:
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", req.strip())
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s;]+)", req.strip())
         if m:
             out[m.group(1).lower()] = m.group(2)
     return out
