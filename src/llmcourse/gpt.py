@@ -13,6 +13,10 @@ from-scratch version is in ``llmcourse.attention`` and the book shows they agree
 libraries (peft, bitsandbytes) that expect Hugging Face models. ``save`` and
 ``load`` use safetensors with the config in the file's metadata.
 
+Packed rows (chapter 9) hold several examples: ``forward(idx, doc_ids=..., position_ids=...)``
+attends only within an example (``document_mask``: causal and block-diagonal) and restarts the
+positions, so each example gets the logits it would get alone.
+
 Shapes: B batch, T time (tokens), C = n_embd, H = n_head, D = C / H, V = vocab_size.
 
 Taught in: book/06-attention-transformers
@@ -76,21 +80,24 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(c, dim=2)  # 3 x (B, T, C)
         return tuple(z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, T, C) -> (B, T, C)."""
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C). ``attn_mask`` (B, 1, T, T) bool, True = may attend; None = causal."""
         b, t, c = x.shape
         q, k, v = self._qkv(x)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+        dropout_p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)  # (B, H, T, D)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
-    def attention_weights(self, x: Tensor) -> Tensor:
-        """x (B, T, C) -> the softmax weights (B, H, T, T) that ``forward`` applies."""
+    def attention_weights(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """x (B, T, C) -> the softmax weights (B, H, T, T) that ``forward`` applies (same ``attn_mask``)."""
         q, k, _ = self._qkv(x)
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, T)
         t = x.shape[1]
-        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril() if attn_mask is None else attn_mask
         return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
 
 
@@ -119,9 +126,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, T, C) -> (B, T, C)."""
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); ``attn_mask`` as in ``CausalSelfAttention.forward``."""
+        x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -177,17 +184,52 @@ class GPT(nn.Module):
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got values from "
                              f"{int(idx.min())} to {int(idx.max())}")
 
-    def embed(self, idx: Tensor) -> Tensor:
-        """idx (B, T) -> token embedding + position embedding (B, T, C), after dropout."""
+    def _check_aux(self, name: str, value, idx: Tensor) -> None:
+        if not isinstance(value, Tensor) or value.dtype.is_floating_point or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor (B, T), got {type(value).__name__}")
+        if value.shape != idx.shape:
+            raise ValueError(f"{name} must have the shape of idx {tuple(idx.shape)}, got {tuple(value.shape)}")
+
+    def embed(self, idx: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """idx (B, T) -> token embedding + position embedding (B, T, C), after dropout.
+
+        ``position_ids`` (B, T): each token's position (default 0..T-1), e.g. restarting per packed example.
+        """
         self._check_idx(idx)
-        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
+        if position_ids is None:
+            pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
+        else:
+            self._check_aux("position_ids", position_ids, idx)
+            if position_ids.numel() and (int(position_ids.min()) < 0 or
+                                         int(position_ids.max()) >= self.config.block_size):
+                raise ValueError(f"position_ids must be in [0, {self.config.block_size})")
+            pos = position_ids  # (B, T)
         return self.drop(self.wte(idx) + self.wpe(pos))
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Next-token logits (B, T, V); with ``targets`` (B, T) also the mean cross-entropy (-100 ignored)."""
-        x = self.embed(idx)
+    @staticmethod
+    def document_mask(doc_ids: Tensor) -> Tensor:
+        """doc_ids (B, T) -> bool (B, 1, T, T): query t may see key s iff s <= t and both are in one document."""
+        t = doc_ids.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
+        return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]  # (B, 1, T, T)
+
+    def _mask(self, idx: Tensor, doc_ids: Tensor | None) -> Tensor | None:
+        if doc_ids is None:
+            return None
+        self._check_aux("doc_ids", doc_ids, idx)
+        return self.document_mask(doc_ids)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, position_ids: Tensor | None = None,
+                doc_ids: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Next-token logits (B, T, V); with ``targets`` (B, T) also the mean cross-entropy (-100 ignored).
+
+        For packed rows pass ``doc_ids`` (B, T), one id per example (tokens attend only within theirs),
+        and ``position_ids`` (B, T) restarting at 0 per example (``llmcourse.chat.pack`` makes both).
+        """
+        x = self.embed(idx, position_ids)
+        mask = self._mask(idx, doc_ids)
         for block in self.h:
-            x = block(x)
+            x = block(x, mask)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         if targets is None:
             return logits, None
@@ -197,13 +239,15 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def attention_maps(self, idx: Tensor) -> list[Tensor]:
+    def attention_maps(self, idx: Tensor, *, position_ids: Tensor | None = None,
+                       doc_ids: Tensor | None = None) -> list[Tensor]:
         """The attention weights of every block: a list of ``n_layer`` tensors (B, H, T, T)."""
-        x = self.embed(idx)
+        x = self.embed(idx, position_ids)
+        mask = self._mask(idx, doc_ids)
         maps = []
         for block in self.h:
-            maps.append(block.attn.attention_weights(block.ln_1(x)))
-            x = block(x)
+            maps.append(block.attn.attention_weights(block.ln_1(x), mask))
+            x = block(x, mask)
         return maps
 
     @torch.no_grad()

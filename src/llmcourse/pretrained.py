@@ -58,16 +58,18 @@ def checkpoint_file(filename: str, name: str = "base") -> Path:
 
 
 def load_tokenizer(kind: str = "course", name: str = "base"):
-    """The course tokenizer (``BPETokenizer``), or with ``kind="hf"`` a ``PreTrainedTokenizerFast`` of it."""
+    """The course tokenizer (``BPETokenizer``), or with ``kind="hf"`` a ``PreTrainedTokenizerFast`` of it
+    whose ``chat_template`` is ``llmcourse.chat.CHAT_TEMPLATE`` (so ``apply_chat_template`` works)."""
     from llmcourse.bpe import BPETokenizer
 
     _check_kind(kind)
     tok = BPETokenizer.load(checkpoint_file("tokenizer.json", name))
     if kind == "course":
         return tok
+    from llmcourse.chat import CHAT_TEMPLATE
     from llmcourse.tokenizer import to_hf_tokenizer
 
-    return to_hf_tokenizer(tok)
+    return to_hf_tokenizer(tok, chat_template=CHAT_TEMPLATE)
 
 
 def load_base(kind: str = "course", *, device="cpu", name: str = "base"):
