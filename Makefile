@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 #   make book TORCH_PIP_FLAGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_FLAGS ?=
 
-.PHONY: install base book check-book test test-fast release lint bench clean help
+.PHONY: install base sft book check-book test test-fast release lint bench clean help
 
 help:
 	@echo "make book     build the HTML book into _build/html (installs first if needed)"
@@ -18,6 +18,7 @@ help:
 	@echo "make check-book  open every built page in headless Chromium: images, math, errors, console, widgets, links"
 	@echo "make release  regenerate exercises/ from solutions/"
 	@echo "make base     re-train the shipped base model and tokenizer (src/llmcourse/checkpoints/base)"
+	@echo "make sft      re-make the shipped SFT model from the base model (src/llmcourse/checkpoints/sft)"
 	@echo "make lint     ruff over the library, autograder and tests"
 	@echo "make bench    measure build and grading times into benchmarks/results/"
 
@@ -48,6 +49,9 @@ test-fast: $(STAMP)
 
 base: $(STAMP)
 	$(PY) -m llmcourse.recipes.base
+
+sft: $(STAMP)
+	$(PY) -m llmcourse.recipes.sft
 
 release: $(STAMP)
 	$(PY) -m autograder release
