@@ -359,7 +359,7 @@ def test_label_mistakes_all_differ_from_the_reference():
 
 # ----------------------------------------------------------------- task 3: fine-tuning
 
-# Exact match on the 150 held-out instructions (the bar is 8%): the solution 15% without a secret,
+# Exact match on the 150 held-out instructions (the bar is 4%): the solution 15% without a secret,
 # 13%, 31% and 37% under the three secrets below; sft_adam_padded 11% and sft_course_packing 31%
 # without a secret; the base model, a memoriser of the training set and a run that masks <|eos|> 0%.
 # Training on every token (the prompt too) with the solution's recipe still passes the bar (measured

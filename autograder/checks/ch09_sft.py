@@ -145,10 +145,12 @@ def check_assistant_labels(student_fn) -> None:
 # solution 15% (no secret), 13%, 31%, 37% (secrets "course secret A", "another secret", "3"); the
 # other recipes in tests/test_checks_ch09.py 11% (Adam, padded rows) and 31% (the course's pack, AdamW
 # with weight decay) without a secret. Masking the closing <|eos|> gives 0% (the replies never stop).
-# The bar sits below the lowest of these; 150 questions put its standard error near 2.5 points.
+# Six more secrets ("s1".."s6", measured at load ~2): 16%, 15%, 8.0%, 27%, 20%, 18% - the spread comes
+# from the secret's training draw as much as from the 150 questions (standard error ~2.5 points). Every
+# planted mistake scores 0%, so the bar sits at half the lowest correct score seen: 6 of 150 right.
 SFT_FAMILIES = ("json",)
 N_TRAIN, N_TEST, MAX_NEW_TOKENS = 1000, 150, 24
-MIN_EXACT_MATCH = 0.08
+MIN_EXACT_MATCH = 0.04
 
 
 def sft_data() -> tuple[list, list]:
