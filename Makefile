@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 #   make book TORCH_PIP_FLAGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_FLAGS ?=
 
-.PHONY: install base sft book check-book test test-fast release lint bench clean help
+.PHONY: install base sft book check-book test test-fast release lint bench bench-cluster clean help
 
 help:
 	@echo "make book     build the HTML book into _build/html (installs first if needed)"
@@ -21,6 +21,7 @@ help:
 	@echo "make sft      re-make the shipped SFT model from the base model (src/llmcourse/checkpoints/sft)"
 	@echo "make lint     ruff over the library, autograder and tests"
 	@echo "make bench    measure build and grading times into benchmarks/results/"
+	@echo "make bench-cluster  local pool vs Dask cluster on 40 submissions (about 10 minutes)"
 
 install: $(STAMP)
 
@@ -64,6 +65,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_grading.py
 	$(PY) benchmarks/bench_batch.py
 	$(PY) benchmarks/bench_trainer.py
+
+bench-cluster: $(STAMP)
+	$(PY) benchmarks/bench_cluster.py
 
 clean:
 	rm -rf _build

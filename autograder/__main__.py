@@ -3,6 +3,8 @@
     python -m autograder release [ASSIGNMENT]            regenerate exercises/ from solutions/
     python -m autograder grade ASSIGNMENT FOLDER --out OUT [--workers N] [--db URL]
                                                          grade every submission in FOLDER
+    python -m autograder grade ASSIGNMENT FOLDER --out OUT --scheduler ADDRESS
+                                                         the same, on a Dask cluster (or local:N)
     python -m autograder check NOTEBOOK                  run a notebook's checks, print a table
 """
 
@@ -24,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     p_grade.add_argument("--out", type=Path, required=True, help="where grades.csv and feedback/ go")
     p_grade.add_argument("--quiet", action="store_true", help="no progress bar")
     p_grade.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPU cores)")
+    p_grade.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="grade on a Dask cluster: its scheduler's address (tcp://host:8786), the file "
+                              "`dask scheduler --scheduler-file` wrote, or local:N for N worker processes here")
+    p_grade.add_argument("--cluster-timeout", type=float, default=300.0, metavar="SECONDS",
+                         help="with --scheduler: how long to wait for a worker, or for a lost scheduler to return")
     p_grade.add_argument("--db", default=None, help="SQLAlchemy URL of the gradebook "
                          "(default sqlite:///OUT/gradebook.db; e.g. postgresql://user@host/db)")
     p_grade.add_argument("--no-resume", action="store_true", help="re-grade unchanged submissions too")
@@ -50,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                             memory_mb=args.memory_mb)
             rows = grade_folder(args.assignment, args.folder, args.out, show_progress=not args.quiet,
                                 workers=args.workers, db_url=args.db, limits=limits, resume=not args.no_resume,
-                                warn=lambda line: print(line, file=sys.stderr))
+                                warn=lambda line: print(line, file=sys.stderr), scheduler=args.scheduler,
+                                cluster_timeout=args.cluster_timeout)
             students = sorted({r.student for r in rows})
             for s in students:
                 got = sum(r.score for r in rows if r.student == s)

@@ -12,7 +12,8 @@ One batch:
 4. ``grades.csv``, ``summary.json``, ``summary.png`` and ``feedback/<student>.html`` are written.
 
 A submission that cannot be read or graded gets zero for every task and a reason; a worker
-that dies is replaced, and the batch always goes on.
+that dies is replaced, and the batch always goes on. With ``scheduler``, step 2's jobs run on a
+Dask cluster instead (:mod:`autograder.cluster`); the rest of the batch is the same.
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ import shutil
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
 from autograder.course import SOLUTIONS, Course, check_assignment, notebook_names
 from autograder.feedback import MATHJAX_FOLDER, mathjax_file
+from autograder.jobs import failed_result, grade_submission, load_submission, prepare_worker
 from autograder.limits import Limits, isolation
-from autograder.reports import CSV_COLUMNS, feedback_page, summarize, write_csv, write_summary
+from autograder.reports import CSV_COLUMNS, summarize, write_csv, write_summary
 from autograder.runner import TaskResult
 from autograder.secret import seeds_note
 
@@ -88,46 +90,12 @@ def find_submissions(folder: Path, assignment: str, notebooks: list[str]) -> dic
 
 # ----------------------------------------------------------------------------- one job
 
-_WORKER = {"index": 0}
-
-
-def _init_worker(indices, preload: list[str]) -> None:
-    """Take a worker number (it picks the sandbox's user id) and import what grading needs."""
-    import importlib
-
-    warnings.filterwarnings("ignore")
-    _WORKER["index"] = indices.get()
-    for module in ["autograder.runner", "autograder.reports", "nbgrader.utils", *preload]:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
-    from autograder.reports import _exporter
-
-    _exporter()
-
-
 def _grade_job(job: dict) -> dict:
-    """In a worker: grade one submission and render its feedback page (plain data back)."""
-    from autograder.runner import grade_notebook, zero
-
-    source, student = job["source"], job["student"]
-    if job["path"] is None:
-        graded = zero(source, f"no submission found (expected {source.notebook})")
-    else:
-        try:
-            raw = Path(job["path"]).read_bytes()
-        except OSError as exc:
-            graded = zero(source, f"the submission could not be read: {exc}")
-        else:
-            graded = grade_notebook(source, raw, limits=job["limits"], worker=_WORKER["index"], hide=job["hide"])
-    rows = [replace(s, student=student, assignment=source.assignment) for s in graded.scores]
-    try:
-        page = feedback_page(student, source.assignment, rows, graded.notes, graded.notebook)
-    except Exception as exc:  # noqa: BLE001 - a page that cannot render is not a lost grade
-        page = feedback_page(student, source.assignment, rows, graded.notes + [f"(notebook not shown: {exc})"], None)
-    return {"student": student, "digest": job["digest"], "page": page, "seconds": graded.seconds,
-            "result": {"scores": [asdict(s) for s in graded.scores], "notes": graded.notes}}
+    """In a pool worker: read one submission from disk and grade it."""
+    raw, problem = load_submission(job["path"], job["source"].notebook)
+    done = grade_submission(job["source"], job["student"], raw, problem, limits=job["limits"], hide=job["hide"],
+                            worker=prepare_worker([]))
+    return {**done, "digest": job["digest"]}
 
 
 def _check_modules(notebook: Path) -> list[str]:
@@ -153,11 +121,15 @@ def _rows(student: str, assignment: str, result: dict) -> list[TaskResult]:
 
 def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOLUTIONS, workers: int | None = None,
                  db_url: str | None = None, limits: Limits | None = None, resume: bool = True,
-                 show_progress: bool = True, warn=print) -> list[TaskResult]:
+                 show_progress: bool = True, warn=print, scheduler: str | None = None,
+                 cluster_timeout: float = 300.0, on_result=None) -> list[TaskResult]:
     """Grade every submission in ``folder``; write ``out/grades.csv``, ``summary.*``, ``feedback/``.
 
     ``db_url`` defaults to ``sqlite:///OUT/gradebook.db``. With ``resume``, a submission whose file
-    is unchanged since the gradebook last recorded it is not graded again.
+    is unchanged since the gradebook last recorded it is not graded again. With ``scheduler`` (a
+    Dask scheduler's address, a scheduler file, or ``local:N``) the jobs run on that Dask cluster
+    (:mod:`autograder.cluster`) instead of ``workers`` local processes; everything else is the same.
+    ``on_result``, if given, is called with each finished job's plain data once it is written.
     """
     from autograder.gradebook import GradebookWriter
     from autograder.runner import AssignmentSource
@@ -170,6 +142,8 @@ def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOL
         raise ValueError(f"assignment {assignment!r} has no graded cells")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and scheduler is not None:
+        raise ValueError("--workers is for grading on this machine; with --scheduler the cluster's workers grade")
     workers = workers or os.cpu_count() or 1
     limits = limits or Limits()
     notebook = notebook_names(assignment, source)[0]
@@ -178,12 +152,17 @@ def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOL
     (out / "feedback" / MATHJAX_FOLDER).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(mathjax_file(), out / "feedback" / MATHJAX_FOLDER / "tex-svg.js")
     db_url = db_url or f"sqlite:///{out / 'gradebook.db'}"
-    for line in isolation().warnings(limits):
-        warn(f"warning: {line}")
-    warn(seeds_note())
-
     preload = sorted({m for m in _check_modules(source / assignment / notebook)})
-    pool = _pool(min(workers, max(len(submissions), 1)), preload)
+    pool = cluster = None
+    if scheduler is None:
+        for line in isolation().warnings(limits):
+            warn(f"warning: {line}")
+        pool = _pool(min(workers, max(len(submissions), 1)), preload)
+    else:
+        from autograder.cluster import DaskGrader
+
+        cluster = DaskGrader.connect(scheduler, preload, limits=limits, wait=cluster_timeout, warn=warn)
+    warn(seeds_note())
     course = Course.create([assignment], source=source, db_url=db_url)
     try:
         release = course.generate(assignment)
@@ -205,16 +184,27 @@ def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOL
                 jobs.append({"source": src, "student": student, "path": str(path) if path else None,
                              "digest": digest, "limits": limits, "hide": hide})
             bar = progress(total=len(jobs), desc=f"grading {assignment}", disable=not show_progress)
-            for done in _run_jobs(jobs, workers, preload, pool):
+            finished = cluster.grade(jobs, src) if cluster else _run_jobs(jobs, workers, preload, pool)
+            ungraded = 0
+            for done in finished:
+                ungraded += not done["digest"]  # stored without a digest: the next run grades it again
                 writer.write(done["student"], done["digest"], done["result"])
                 (out / "feedback" / f"{done['student']}.html").write_text(done["page"], encoding="utf-8")
                 results[done["student"]] = _rows(done["student"], assignment, done["result"])
                 bar.update(1)
+                if on_result is not None:
+                    on_result(done)
             bar.close()
+            if ungraded:
+                warn(f"warning: {ungraded} submission(s) could not be graded (their reason says why); "
+                     f"run the same command again to grade them")
         finally:
             writer.close()
     finally:
-        pool.shutdown(cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        if cluster is not None:
+            cluster.close()
         course.cleanup()
     rows = [r for student in sorted(results) for r in results[student]]
     write_csv(rows, out / "grades.csv")
@@ -225,11 +215,7 @@ def grade_folder(assignment: str, folder: Path, out: Path, *, source: Path = SOL
 def _pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
     """Worker processes, started at once so their imports overlap with the batch's set-up."""
     ctx = multiprocessing.get_context("spawn")
-    indices = ctx.Queue()
-    for i in range(workers):
-        indices.put(i)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(indices, preload))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=prepare_worker, initargs=(preload,))
     for _ in range(workers):  # spawn them all now, not at the first submit
         pool.submit(int)
     return pool
@@ -251,10 +237,10 @@ def _run_jobs(jobs: list[dict], workers: int, preload: list[str], first_pool: Pr
                 try:
                     result = pool.submit(fn, pending[student]).result()
                 except BrokenProcessPool:
-                    result = _failed(pending[student], "grader error: the grading worker died twice on "
-                                                       "this submission")
+                    result = failed_result(pending[student], "grader error: the grading worker died twice "
+                                                             "on this submission")
                 except Exception as exc:  # noqa: BLE001 - a grader bug is one student's reason
-                    result = _failed(pending[student], f"grader error: {type(exc).__name__}: {exc}")
+                    result = failed_result(pending[student], f"grader error: {type(exc).__name__}: {exc}")
             pending.pop(student)
             yield result
         suspects = []
@@ -275,18 +261,8 @@ def _run_jobs(jobs: list[dict], workers: int, preload: list[str], first_pool: Pr
                         suspects.append(student)
                         continue
                     except Exception as exc:  # noqa: BLE001 - a grader bug is one student's reason
-                        result = _failed(pending[student], f"grader error: {type(exc).__name__}: {exc}")
+                        result = failed_result(pending[student], f"grader error: {type(exc).__name__}: {exc}")
                     pending.pop(student)
                     yield result
                 if broken:
                     break
-
-
-def _failed(job: dict, reason: str) -> dict:
-    from autograder.runner import zero
-
-    graded = zero(job["source"], reason)
-    rows = [replace(s, student=job["student"], assignment=job["source"].assignment) for s in graded.scores]
-    return {"student": job["student"], "digest": job["digest"], "seconds": 0.0,
-            "page": feedback_page(job["student"], job["source"].assignment, rows, graded.notes, None),
-            "result": {"scores": [asdict(s) for s in graded.scores], "notes": graded.notes}}

@@ -5,6 +5,10 @@ combine a wrong answer with a trick that would make a naive grader pass it; the 
 that no task scores more than its honest value, that every lost point has a reason, and that
 the batch finished with every other student graded. Entries that are honest apart from a
 trick (printing a flood, calling ``sys.exit`` after a correct answer) keep what they earned.
+
+The corpus is graded twice, by the local process pool and by a real Dask cluster (a
+``dask scheduler`` and two ``dask worker`` processes), and every test runs on both batches;
+the two must write byte-identical ``grades.csv`` files.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from autograder.__main__ import main
 from autograder.course import EXERCISES, SOLUTIONS
 from autograder.gradebook import GradebookWriter
 from autograder.limits import isolation
+from tests.dask_processes import running_cluster
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -207,8 +212,8 @@ ATTACKS = {
 }
 
 
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory):
+def _grade_corpus(tmp_path_factory, *mode: str) -> dict:
+    """Grade the whole corpus (plus an honest student and a victim) with ``mode``'s CLI arguments."""
     subs = tmp_path_factory.mktemp("attack-subs")
     out = tmp_path_factory.mktemp("attack-out")
     victim = subs / "victim" / NB
@@ -224,11 +229,33 @@ def batch(tmp_path_factory):
         else:
             nbformat.write(made, subs / name / NB)
     victim_hash = hashlib.sha256(victim.read_bytes()).hexdigest()
-    code = main(["grade", A, str(subs), "--out", str(out), "--quiet", "--workers", "2",
+    code = main(["grade", A, str(subs), "--out", str(out), "--quiet", *mode,
                  "--cell-timeout", "8", "--notebook-timeout", "60", "--memory-mb", "3072"])
     with open(out / "grades.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return {"code": code, "rows": rows, "out": out, "victim": victim, "victim_hash": victim_hash}
+    return {"code": code, "rows": rows, "out": out, "victim": victim, "victim_hash": victim_hash, "mode": mode}
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    with running_cluster(tmp_path_factory.mktemp("attack-dask")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def local_batch(tmp_path_factory):
+    return _grade_corpus(tmp_path_factory, "--workers", "2")
+
+
+@pytest.fixture(scope="module")
+def dask_batch(tmp_path_factory, dask_cluster):
+    return _grade_corpus(tmp_path_factory, "--scheduler", dask_cluster.address)
+
+
+@pytest.fixture(scope="module", params=["local", "dask"])
+def batch(request):
+    """The corpus graded by the local process pool, then by the Dask cluster."""
+    return request.getfixturevalue(f"{request.param}_batch")
 
 
 def _scores(rows, student):
@@ -331,6 +358,11 @@ def test_regrading_skips_unchanged_submissions(batch):
     """Resume: a second run over the same folder grades nothing again and gives the same CSV."""
     subs = batch["victim"].parent.parent
     before, stamps = (batch["out"] / "grades.csv").read_text(), _graded_at(batch["out"])
-    assert main(["grade", A, str(subs), "--out", str(batch["out"]), "--quiet", "--workers", "2"]) == 0
+    assert main(["grade", A, str(subs), "--out", str(batch["out"]), "--quiet", *batch["mode"]]) == 0
     assert (batch["out"] / "grades.csv").read_text() == before
     assert _graded_at(batch["out"]) == stamps, "unchanged submissions were graded again"
+
+
+def test_cluster_and_local_grades_of_the_corpus_are_byte_identical(local_batch, dask_batch):
+    local, cluster = (b["out"] / "grades.csv" for b in (local_batch, dask_batch))
+    assert cluster.read_bytes() == local.read_bytes()
