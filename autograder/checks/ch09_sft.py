@@ -67,7 +67,8 @@ def check_render_chat(student_fn) -> None:
         got = call_student(student_fn, [dict(m) for m in messages], add_generation_prompt=prompt, task=RENDER,
                            inputs=inputs)
         if not isinstance(got, str):
-            fail(f"render_chat{describe(inputs)}: expected a str, got a {type(got).__name__}")
+            fail(f"render_chat{describe(inputs)}: expected a str, got "
+                 f"{'None (is a `return` missing?)' if got is None else 'a ' + type(got).__name__}")
         if got == want:
             continue
         at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
@@ -87,6 +88,8 @@ def labels_probe(student_fn, conversations):
     out = []
     for messages in conversations:
         result = student_fn([dict(m) for m in messages], tok)
+        if result is None:
+            return {"problem": "your function returned None (is a `return` missing?) - return (input_ids, labels)"}
         if not isinstance(result, (tuple, list)) or len(result) != 2:
             return {"problem": f"expected a pair (input_ids, labels), got a {type(result).__name__}"}
         out.append([x.detach().cpu().clone() if isinstance(x, torch.Tensor) else x for x in result])
