@@ -99,6 +99,33 @@ def assert_close(got, want, *, what: str, inputs: str | Mapping | None = None,
              + _first_hint(got_arr, hints, rtol, atol))
 
 
+def sharp_hints(hints: Sequence[Hint], got, want, *, rtol: float, atol: float) -> list[Hint]:
+    """``hints`` for :func:`assert_close`, each offered only where it explains ``got``.
+
+    assert_close matches a hint to within 1e-4, which is loose for small numbers (learning rates,
+    the second step of AdamW) and lets a mistake that changes nothing on this input claim any
+    nearby answer. Here a hint's wrong answer must fit ``got`` within 10x the check's tolerance
+    and must differ from ``want``.
+    """
+    def plain(x):
+        return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=float)
+
+    got_arr, want_arr = plain(got), plain(want)
+
+    def sharpen(wrong):
+        def fn():
+            w = plain(wrong())
+            with np.errstate(invalid="ignore"):
+                fits = w.shape == got_arr.shape and np.allclose(got_arr, w, rtol=10 * rtol, atol=10 * atol)
+                same = w.shape == want_arr.shape and np.allclose(want_arr, w, rtol=rtol, atol=atol)
+            if not fits or same:
+                raise LookupError("this mistake does not explain the answer")
+            return w
+        return fn
+
+    return [(why, sharpen(wrong)) for why, wrong in hints]
+
+
 def assert_equal(got, want, *, what: str, inputs: str | Mapping | None = None) -> None:
     """Check exact equality of integer/boolean arrays (labels, counts, indices)."""
     where = describe(inputs)

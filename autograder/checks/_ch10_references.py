@@ -25,7 +25,6 @@ import os
 import types
 from collections import defaultdict
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -146,27 +145,6 @@ def gae_by_sum(rewards, values, dones, gamma: float, lam: float, last_value=None
             adv[b, t] = total
     adv = adv.reshape(-1) if batch else adv
     return adv, adv + values.double()
-
-
-def sharp(hints, got, want, *, rtol: float, atol: float) -> list:
-    """``hints`` for assert_close, each offered only when its wrong answer fits ``got`` and differs from ``want``."""
-    def plain(x):
-        return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=float)
-
-    got_arr, want_arr = plain(got), plain(want)
-
-    def sharpen(wrong):
-        def fn():
-            w = plain(wrong())
-            with np.errstate(invalid="ignore"):
-                fits = w.shape == got_arr.shape and np.allclose(got_arr, w, rtol=10 * rtol, atol=10 * atol)
-                same = w.shape == want_arr.shape and np.allclose(want_arr, w, rtol=rtol, atol=atol)
-            if not fits or same:
-                raise LookupError("this mistake does not explain the answer")
-            return w
-        return fn
-
-    return [(why, sharpen(wrong)) for why, wrong in hints]
 
 
 # ----------------------------------------------------------------- the hidden inputs of the checks

@@ -49,6 +49,7 @@ from autograder.compare import (
     describe,
     fail,
     probe_result,
+    sharp_hints,
     to_array,
     unpack,
 )
@@ -142,30 +143,6 @@ def _tensor_like(value, *, what: str, inputs: dict) -> torch.Tensor:
 
 def _plain(value) -> np.ndarray:
     return np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value, dtype=float)
-
-
-def _sharp(hints, got, want, *, rtol: float, atol: float) -> list:
-    """``hints`` for assert_close, each offered only where it explains ``got``.
-
-    assert_close matches a hint to within 1e-4, which is loose for small numbers (learning rates,
-    the second step of AdamW) and lets a mistake that changes nothing on this input (eps inside
-    the square root when the gradients are large) claim any nearby answer. Here a hint's wrong
-    answer must fit ``got`` within 10x the check's tolerance and must differ from ``want``.
-    """
-    got_arr, want_arr = _plain(got), _plain(want)
-
-    def sharpen(wrong):
-        def fn():
-            w = _plain(wrong())
-            with np.errstate(invalid="ignore"):
-                fits = w.shape == got_arr.shape and np.allclose(got_arr, w, rtol=10 * rtol, atol=10 * atol)
-                same = w.shape == want_arr.shape and np.allclose(want_arr, w, rtol=rtol, atol=atol)
-            if not fits or same:
-                raise LookupError("this mistake does not explain the answer")
-            return w
-        return fn
-
-    return [(why, sharpen(wrong)) for why, wrong in hints]
 
 
 # ----------------------------------------------------------------- probes (run beside the student's code)
@@ -313,7 +290,7 @@ def _check_loss_value(got, want, *, what: str, inputs: dict, hints, tol) -> None
         fail(f"{what}{describe(inputs)}: got {value} with logits in the thousands; exp() overflows (or "
              f"underflows to log(0)) unless you subtract each row's maximum first: "
              f"log sum exp(z) = m + log sum exp(z - m), m = max(z)")
-    assert_close(np.float64(value), want, what=what, inputs=inputs, hints=_sharp(hints, value, want, **tol), **tol)
+    assert_close(np.float64(value), want, what=what, inputs=inputs, hints=sharp_hints(hints, value, want, **tol), **tol)
 
 
 def check_cross_entropy(student_fn) -> None:
@@ -436,7 +413,7 @@ def check_adamw_step(student_fn) -> None:
             run = (params, grads, decay, hyper, k)
             for i in range(len(params)):
                 assert_close(cur[i], want[k]["params"][i], what=f"new_params[{i}] (vs torch.optim.AdamW)",
-                             inputs=inputs, hints=_sharp(_adamw_hints(run, "params", i), cur[i],
+                             inputs=inputs, hints=sharp_hints(_adamw_hints(run, "params", i), cur[i],
                                                          want[k]["params"][i], **TOL_ADAMW), **TOL_ADAMW)
             t = _number(state["t"], what="new_state['t']", inputs=inputs)
             if t != want[k]["t"]:
@@ -446,7 +423,7 @@ def check_adamw_step(student_fn) -> None:
                 tol = dict(rtol=TOL_ADAMW_STATE, atol=TOL_ADAMW_STATE * (gscale if key == "m" else gscale ** 2))
                 for i in range(len(params)):
                     assert_close(state[key][i], want[k][key][i], what=f"new_state['{key}'][{i}], the {name}",
-                                 inputs=inputs, hints=_sharp(_adamw_hints(run, key, i), state[key][i],
+                                 inputs=inputs, hints=sharp_hints(_adamw_hints(run, key, i), state[key][i],
                                                              want[k][key][i], **tol), **tol)
 
 
@@ -520,7 +497,7 @@ def check_lr_at(student_fn) -> None:
             tol = dict(rtol=TOL_LR, atol=TOL_LR * max_lr)
             assert_close(np.float64(got), want, what="learning rate (vs transformers.get_cosine_schedule_with_warmup"
                          + (", then 0)" if step > total else ")"), inputs=inputs,
-                         hints=_sharp(hints, got, want, **tol), **tol)
+                         hints=sharp_hints(hints, got, want, **tol), **tol)
 
 
 # ----------------------------------------------------------------- temperature, top-k, top-p
@@ -638,7 +615,7 @@ def check_filter_logits(student_fn) -> None:
                  f"{'kept' if kept[r, j] else '-inf'}, expected {'-inf' if kept[r, j] else 'kept'})"
                  + (f" - {why}" if why else ""))
         with np.errstate(invalid="ignore"):  # -inf - -inf where both removed a token: compared as equal
-            assert_close(arr, want, what=what, inputs=inputs, hints=_sharp(mistakes, arr, want, **TOL_FILTER),
+            assert_close(arr, want, what=what, inputs=inputs, hints=sharp_hints(mistakes, arr, want, **TOL_FILTER),
                          **TOL_FILTER)
 
 

@@ -29,7 +29,15 @@ import torch
 
 from autograder.checks import _ch10_mistakes as mis
 from autograder.checks import _ch10_references as ref
-from autograder.compare import assert_close, describe, fail, probe_result, to_array, unpack
+from autograder.compare import (
+    assert_close,
+    describe,
+    fail,
+    probe_result,
+    sharp_hints,
+    to_array,
+    unpack,
+)
 from autograder.guard import call_student, run_probe
 from autograder.secret import hidden_torch_generator
 from autograder.spec import Task
@@ -92,7 +100,7 @@ def _number(value, *, what: str, inputs: dict) -> float:
 
 
 def _close(got, want, *, what, inputs, tol, hints=()):
-    assert_close(got, want, what=what, inputs=inputs, hints=ref.sharp(hints, got, want, **tol), **tol)
+    assert_close(got, want, what=what, inputs=inputs, hints=sharp_hints(hints, got, want, **tol), **tol)
 
 
 def _gradient(task: Task, student_fn, args, wrt, kwargs, pick, want: list, names, inputs: dict) -> None:
