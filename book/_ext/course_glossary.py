@@ -85,7 +85,8 @@ class CourseGlossaryTable(SphinxDirective):
             for e in sorted(rows, key=lambda e: e.term.lower()):
                 link = glossary_link(page=page, section=e.section, term=e.term)
                 body += self._row([e.term, e.zh, e.definition, link])
-            title = nodes.rubric(text=page.removeprefix("book/").removesuffix("/index"))
+            title = nodes.rubric()
+            title += glossary_link(page=page, section="", term="")  # the page's title, once it is known
             out += [title, table]
         return out
 
@@ -126,6 +127,11 @@ def _resolve_links(app, doctree, fromdocname):
         if docname not in app.env.all_docs:
             raise ValueError(f"book/glossary.yml: the term {node['term']!r} names the page {docname}, "
                              f"which is not in the book")
+        if not node["section"]:  # a heading of appendix A's table: the page's own title
+            title = app.env.titles[docname].astext()
+            uri = app.builder.get_relative_uri(fromdocname, docname)
+            node.replace_self(nodes.reference("", title, refuri=uri, internal=True))
+            continue
         anchor = _section_id(app.env, docname, node["section"])
         if anchor is None:
             raise ValueError(f"book/glossary.yml: the term {node['term']!r} is taught in section "

@@ -43,28 +43,24 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-# bytes per parameter of (weights, gradients, optimiser states) for each precision and optimiser
-_WEIGHTS_GRADS = {"mixed": (2, 2), "fp32": (4, 4)}
-_OPTIMIZER_STATES = {  # mixed precision adds a 4-byte fp32 master copy of the weights
-    "adam": {"mixed": 12, "fp32": 8},  # (master) + m + v; AdamW holds the same
-    "sgd_momentum": {"mixed": 8, "fp32": 4},  # (master) + momentum
-    "sgd": {"mixed": 4, "fp32": 0},  # (master)
-}
-
 
 def bytes_per_parameter(precision: str = "mixed", optimizer: str = "adam") -> tuple[int, int, int]:
     """Bytes per parameter for (weights, gradients, optimiser states): ``(2, 2, 12)`` for mixed-precision Adam.
 
     ``precision`` is ``"mixed"`` (fp16 or bf16 weights and gradients, fp32 master weights in the
     optimiser, as in the ZeRO paper) or ``"fp32"``; ``optimizer`` is ``"adam"`` (or ``"adamw"``),
-    ``"sgd_momentum"`` or ``"sgd"``.
+    ``"sgd_momentum"`` or ``"sgd"``. The bytes come from the course's one memory calculator,
+    :func:`llmcourse.memory.training_memory` (the master copy counts as optimiser state, as ZeRO does).
     """
-    optimizer = "adam" if optimizer == "adamw" else optimizer
-    if precision not in _WEIGHTS_GRADS:
-        raise ValueError(f"precision must be one of {sorted(_WEIGHTS_GRADS)}, got {precision!r}")
-    if optimizer not in _OPTIMIZER_STATES:
-        raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZER_STATES) + ['adamw']}, got {optimizer!r}")
-    return (*_WEIGHTS_GRADS[precision], _OPTIMIZER_STATES[optimizer][precision])
+    from llmcourse.memory import training_memory
+
+    if precision not in ("mixed", "fp32"):
+        raise ValueError(f"precision must be one of ['fp32', 'mixed'], got {precision!r}")
+    if optimizer not in ("adam", "adamw", "sgd_momentum", "sgd"):
+        raise ValueError(f"optimizer must be one of ['adam', 'sgd', 'sgd_momentum', 'adamw'], got {optimizer!r}")
+    mixed = precision == "mixed"
+    parts = training_memory(1, weight_dtype="bf16" if mixed else "fp32", optimizer=optimizer, mixed_precision=mixed)
+    return int(parts["weights"]), int(parts["gradients"]), int(parts["optimizer"] + parts["master_weights"])
 
 
 def memory_per_gpu(n_params: float, precision: str = "mixed", optimizer: str = "adam", n_gpus: int = 1,
