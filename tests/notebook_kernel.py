@@ -53,6 +53,15 @@ def planted(*cases):
     return [pytest.param(fn, match, id=fn.__name__) for fn, match in cases]
 
 
+def switched(fn, name: str, **switch):
+    """One planted mistake: ``fn`` (a reference written with switches) called with ``switch``, named ``name``."""
+    def wrong(*args, **kwargs):
+        return fn(*args, **kwargs, **switch)
+
+    wrong.__name__ = name
+    return wrong
+
+
 def run_cell(source: str, namespace: dict, filename: str, *, keep_source: bool = True) -> None:
     """Execute one cell; ``keep_source=False`` hides its source, as for code built with ``exec``."""
     if keep_source:

@@ -27,7 +27,7 @@ from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, static_violations
 from llmcourse import policy_gradient as pg
 from llmcourse import preference as pref
-from tests.notebook_kernel import assert_checks_hold, kernel, planted, solution_of
+from tests.notebook_kernel import assert_checks_hold, kernel, planted, solution_of, switched
 
 ASSIGNMENT = "ch10_rlhf"
 # The mistake the nbgrader round trip plants: the population std (no Bessel correction) in GRPO's advantages.
@@ -418,23 +418,15 @@ def _bt(chosen_rewards, rejected_rewards, *, how):
     return losses.mean()
 
 
-def _named(fn, name, **switch):
-    def wrong(*args, **kwargs):
-        return fn(*args, **kwargs, **switch)
-
-    wrong.__name__ = name
-    return wrong
-
-
 BT_MISTAKES = planted(
-    (_named(_bt, "bt_wrong_sign", how="sign"), r"loss \(vs trl's RewardTrainer\) for case=worked by hand, B=2: .* - "
+    (switched(_bt, "bt_wrong_sign", how="sign"), r"loss \(vs trl's RewardTrainer\) for case=worked by hand, B=2: .* - "
                                                r"the sign is wrong"),
-    (_named(_bt, "bt_sum", how="sum"), r"case=worked by hand.* - this is the sum over the pairs"),
-    (_named(_bt, "bt_one_minus_sigmoid", how="one_minus"), r"this is the mean of 1 - sigma\(d\)"),
-    (_named(_bt, "bt_in_bits", how="bits"), r"this is in bits"),
-    (_named(_bt, "bt_log_of_sigmoid", how="naive"), r"case=rewards in the hundreds.*underflows to log\(0\).*softplus"),
-    (_named(_bt, "bt_per_pair", how="per_pair"), r"expected a single number \(a 0-d tensor\), got shape \(2,\)"),
-    (_named(_bt, "bt_detached", how="detached"), r"what=gradient: the result is not a torch tensor connected"),
+    (switched(_bt, "bt_sum", how="sum"), r"case=worked by hand.* - this is the sum over the pairs"),
+    (switched(_bt, "bt_one_minus_sigmoid", how="one_minus"), r"this is the mean of 1 - sigma\(d\)"),
+    (switched(_bt, "bt_in_bits", how="bits"), r"this is in bits"),
+    (switched(_bt, "bt_log_of_sigmoid", how="naive"), r"case=rewards in the hundreds.*underflows to log\(0\).*softplus"),
+    (switched(_bt, "bt_per_pair", how="per_pair"), r"expected a single number \(a 0-d tensor\), got shape \(2,\)"),
+    (switched(_bt, "bt_detached", how="detached"), r"what=gradient: the result is not a torch tensor connected"),
 )
 
 
@@ -472,22 +464,22 @@ def _gae(rewards, values, dones, gamma, lam, last_value=None, *, how):
 
 
 GAE_MISTAKES = planted(
-    (_named(_gae, "gae_ignores_dones", how="ignore_dones"),
+    (switched(_gae, "gae_ignores_dones", how="ignore_dones"),
      r"advantages for case=episode ends, bootstrap.*episode ends are ignored"),
-    (_named(_gae, "gae_cuts_the_bootstrap_only", how="cut_bootstrap_only"), r"cuts the bootstrap V\(s_\{t\+1\}\) but "
+    (switched(_gae, "gae_cuts_the_bootstrap_only", how="cut_bootstrap_only"), r"cuts the bootstrap V\(s_\{t\+1\}\) but "
                                                                             r"not the recursion"),
-    (_named(_gae, "gae_cuts_the_recursion_only", how="cut_trace_only"), r"cuts the recursion but not the bootstrap"),
-    (_named(_gae, "gae_dones_off_by_one", how="dones_next"), r"the episode-end flags are off by one"),
-    (_named(_gae, "gae_bootstraps_from_the_current_value", how="bootstrap_current"), r"delta_t uses V\(s_t\)"),
-    (_named(_gae, "gae_ignores_last_value", how="no_last_value"), r"case=episode ends, bootstrap.*last_value is "
+    (switched(_gae, "gae_cuts_the_recursion_only", how="cut_trace_only"), r"cuts the recursion but not the bootstrap"),
+    (switched(_gae, "gae_dones_off_by_one", how="dones_next"), r"the episode-end flags are off by one"),
+    (switched(_gae, "gae_bootstraps_from_the_current_value", how="bootstrap_current"), r"delta_t uses V\(s_t\)"),
+    (switched(_gae, "gae_ignores_last_value", how="no_last_value"), r"case=episode ends, bootstrap.*last_value is "
                                                                  r"ignored"),
-    (_named(_gae, "gae_lambda_without_gamma", how="lambda_only"), r"the recursion multiplies by lam only"),
-    (_named(_gae, "gae_gamma_lam_swapped", how="swapped"), r"gamma and lam are swapped"),
-    (_named(_gae, "gae_time_on_axis_0", how="time_axis_0"), r"case=a batch, shape=\(4, 12\).*time runs along the "
+    (switched(_gae, "gae_lambda_without_gamma", how="lambda_only"), r"the recursion multiplies by lam only"),
+    (switched(_gae, "gae_gamma_lam_swapped", how="swapped"), r"gamma and lam are swapped"),
+    (switched(_gae, "gae_time_on_axis_0", how="time_axis_0"), r"case=a batch, shape=\(4, 12\).*time runs along the "
                                                             r"wrong axis"),
-    (_named(_gae, "gae_returns_are_advantages", how="returns_are_advantages"),
+    (switched(_gae, "gae_returns_are_advantages", how="returns_are_advantages"),
      r"returns for case=worked by hand.*returns must be advantages \+ values"),
-    (_named(_gae, "gae_forward_in_time", how="forward"), r"advantages for case=worked by hand, T=3.*max \|got-want\|"),
+    (switched(_gae, "gae_forward_in_time", how="forward"), r"advantages for case=worked by hand, T=3.*max \|got-want\|"),
 )
 
 
@@ -513,16 +505,16 @@ def _ppo(logprobs, old_logprobs, advantages, clip_eps=0.2, mask=None, *, how):
 
 
 PPO_MISTAKES = planted(
-    (_named(_ppo, "ppo_min_of_losses", how="min"), r"loss for case=one token per sequence.*the MAX of the losses"),
-    (_named(_ppo, "ppo_unclipped", how="unclipped"), r"loss for .*the ratio is not clipped"),
-    (_named(_ppo, "ppo_ratio_inverted", how="inverted"), r"the ratio is inverted"),
-    (_named(_ppo, "ppo_ratio_is_log_difference", how="not_exp"), r"the ratio is the difference of log-probs"),
-    (_named(_ppo, "ppo_returns_the_objective", how="objective"), r"this is the objective: the loss is its negative"),
-    (_named(_ppo, "ppo_mask_ignored", how="mask_ignored"), r"loss for case=masked batch.*the mask is ignored"),
-    (_named(_ppo, "ppo_divides_by_all_tokens", how="all_tokens"), r"case=masked batch.*divided by all tokens"),
-    (_named(_ppo, "ppo_clip_fraction_cleanrl", how="frac_outside"), r"clip_fraction for .*counts every ratio "
+    (switched(_ppo, "ppo_min_of_losses", how="min"), r"loss for case=one token per sequence.*the MAX of the losses"),
+    (switched(_ppo, "ppo_unclipped", how="unclipped"), r"loss for .*the ratio is not clipped"),
+    (switched(_ppo, "ppo_ratio_inverted", how="inverted"), r"the ratio is inverted"),
+    (switched(_ppo, "ppo_ratio_is_log_difference", how="not_exp"), r"the ratio is the difference of log-probs"),
+    (switched(_ppo, "ppo_returns_the_objective", how="objective"), r"this is the objective: the loss is its negative"),
+    (switched(_ppo, "ppo_mask_ignored", how="mask_ignored"), r"loss for case=masked batch.*the mask is ignored"),
+    (switched(_ppo, "ppo_divides_by_all_tokens", how="all_tokens"), r"case=masked batch.*divided by all tokens"),
+    (switched(_ppo, "ppo_clip_fraction_cleanrl", how="frac_outside"), r"clip_fraction for .*counts every ratio "
                                                                     r"outside"),
-    (_named(_ppo, "ppo_detached", how="detached"), r"what=gradient: the result is not a torch tensor connected"),
+    (switched(_ppo, "ppo_detached", how="detached"), r"what=gradient: the result is not a torch tensor connected"),
 )
 
 
@@ -543,12 +535,12 @@ def _value(values, old_values, returns, clip_eps=None, mask=None, *, how):
 
 
 VALUE_MISTAKES = planted(
-    (_named(_value, "value_without_half", how="no_half"),
+    (switched(_value, "value_without_half", how="no_half"),
      r"value loss for shape=\(12,\), clip_eps=None.*the factor 0\.5"),
-    (_named(_value, "value_clip_ignored", how="clip_ignored"), r"clip_eps=0\.2.*clip_eps is ignored"),
-    (_named(_value, "value_min_not_max", how="min"), r"clip_eps=0\.2.*the min of the two squared errors"),
-    (_named(_value, "value_clipped_only", how="clipped_only"), r"only the clipped squared error is used"),
-    (_named(_value, "value_mask_ignored", how="mask_ignored"), r"shape=\(4, 9\), clip_eps=None, mask=given.*the mask "
+    (switched(_value, "value_clip_ignored", how="clip_ignored"), r"clip_eps=0\.2.*clip_eps is ignored"),
+    (switched(_value, "value_min_not_max", how="min"), r"clip_eps=0\.2.*the min of the two squared errors"),
+    (switched(_value, "value_clipped_only", how="clipped_only"), r"only the clipped squared error is used"),
+    (switched(_value, "value_mask_ignored", how="mask_ignored"), r"shape=\(4, 9\), clip_eps=None, mask=given.*the mask "
                                                                r"is ignored"),
 )
 
@@ -576,13 +568,13 @@ def _kl(logprobs, ref_logprobs, *, how):
 
 
 KL_MISTAKES = planted(
-    (_named(_kl, "kl_k1_sign", how="k1_sign"), r"k1 for case=sampled tokens.*k1 has the wrong sign"),
-    (_named(_kl, "kl_k2_without_half", how="k2_no_half"), r"k2 .*the half is missing"),
-    (_named(_kl, "kl_k3_other_direction", how="k3_other_direction"), r"k3 .*k3 uses r = pi / pi_ref"),
-    (_named(_kl, "kl_k3_sign", how="k3_sign"), r"k3 .*the sign of log r is wrong"),
-    (_named(_kl, "kl_ratio_of_probabilities", how="prob_ratio"), r"case=rare tokens near -100.*got (nan|inf|-inf) at"),
-    (_named(_kl, "kl_tuple", how="tuple"), r"expected a dict with keys 'k1', 'k2', 'k3', got tuple"),
-    (_named(_kl, "kl_means", how="means"), r"k1 for case=sampled tokens, shape=\(4, 6\).*shape \(\) but expected "
+    (switched(_kl, "kl_k1_sign", how="k1_sign"), r"k1 for case=sampled tokens.*k1 has the wrong sign"),
+    (switched(_kl, "kl_k2_without_half", how="k2_no_half"), r"k2 .*the half is missing"),
+    (switched(_kl, "kl_k3_other_direction", how="k3_other_direction"), r"k3 .*k3 uses r = pi / pi_ref"),
+    (switched(_kl, "kl_k3_sign", how="k3_sign"), r"k3 .*the sign of log r is wrong"),
+    (switched(_kl, "kl_ratio_of_probabilities", how="prob_ratio"), r"case=rare tokens near -100.*got (nan|inf|-inf) at"),
+    (switched(_kl, "kl_tuple", how="tuple"), r"expected a dict with keys 'k1', 'k2', 'k3', got tuple"),
+    (switched(_kl, "kl_means", how="means"), r"k1 for case=sampled tokens, shape=\(4, 6\).*shape \(\) but expected "
                                            r"\(4, 6\)"),
 )
 
@@ -614,17 +606,17 @@ def _dpo(pc, pr, rc, rr, beta=0.1, *, how):
 
 
 DPO_MISTAKES = planted(
-    (_named(_dpo, "dpo_without_beta", how="no_beta"), r"losses \(vs trl's DPOTrainer\) for case=worked by hand.*beta "
+    (switched(_dpo, "dpo_without_beta", how="no_beta"), r"losses \(vs trl's DPOTrainer\) for case=worked by hand.*beta "
                                                       r"is missing"),
-    (_named(_dpo, "dpo_without_reference", how="no_reference"), r"the reference model is missing"),
-    (_named(_dpo, "dpo_reference_inverted", how="reference_inverted"), r"losses .*the margin has the wrong sign"),
-    (_named(_dpo, "dpo_chosen_rejected_swapped", how="sign"), r"losses .*the margin has the wrong sign"),
-    (_named(_dpo, "dpo_beta_outside", how="beta_outside"), r"beta multiplies the loss"),
-    (_named(_dpo, "dpo_log_of_sigmoid", how="naive"), r"case=margins of hundreds after beta.*got inf at index"),
-    (_named(_dpo, "dpo_mean_loss", how="mean"), r"case=worked by hand.*got one number, expected one loss per pair"),
-    (_named(_dpo, "dpo_rewards_without_beta", how="rewards_without_beta"), r"chosen_rewards .*beta is missing"),
-    (_named(_dpo, "dpo_rewards_swapped", how="rewards_swapped"), r"chosen_rewards .*are swapped"),
-    (_named(_dpo, "dpo_rewards_inverted", how="rewards_inverted"), r"chosen_rewards .*the log-ratios are inverted"),
+    (switched(_dpo, "dpo_without_reference", how="no_reference"), r"the reference model is missing"),
+    (switched(_dpo, "dpo_reference_inverted", how="reference_inverted"), r"losses .*the margin has the wrong sign"),
+    (switched(_dpo, "dpo_chosen_rejected_swapped", how="sign"), r"losses .*the margin has the wrong sign"),
+    (switched(_dpo, "dpo_beta_outside", how="beta_outside"), r"beta multiplies the loss"),
+    (switched(_dpo, "dpo_log_of_sigmoid", how="naive"), r"case=margins of hundreds after beta.*got inf at index"),
+    (switched(_dpo, "dpo_mean_loss", how="mean"), r"case=worked by hand.*got one number, expected one loss per pair"),
+    (switched(_dpo, "dpo_rewards_without_beta", how="rewards_without_beta"), r"chosen_rewards .*beta is missing"),
+    (switched(_dpo, "dpo_rewards_swapped", how="rewards_swapped"), r"chosen_rewards .*are swapped"),
+    (switched(_dpo, "dpo_rewards_inverted", how="rewards_inverted"), r"chosen_rewards .*the log-ratios are inverted"),
 )
 
 
@@ -650,14 +642,14 @@ def _grpo(rewards, eps=1e-4, *, how):
 
 
 GRPO_MISTAKES = planted(
-    (_named(_grpo, "grpo_population_std", how="population"), r"case=worked by hand.*Bessel's correction"),
-    (_named(_grpo, "grpo_over_prompts", how="axis_0"), r"case=worked by hand, shape=\(1, 4\): got nan at \[0, 0\]: the "
+    (switched(_grpo, "grpo_population_std", how="population"), r"case=worked by hand.*Bessel's correction"),
+    (switched(_grpo, "grpo_over_prompts", how="axis_0"), r"case=worked by hand, shape=\(1, 4\): got nan at \[0, 0\]: the "
                                                         r"std of a single number is nan - take .* each row"),
-    (_named(_grpo, "grpo_over_the_batch", how="whole_batch"), r"over the whole batch"),
-    (_named(_grpo, "grpo_no_std", how="no_scaling"), r"not divided by the group's std"),
-    (_named(_grpo, "grpo_eps_in_sqrt", how="eps_in_sqrt"), r"advantages .*eps is inside the square root"),
-    (_named(_grpo, "grpo_divides_by_variance", how="variance"), r"divides by the variance"),
-    (_named(_grpo, "grpo_without_eps", how="no_eps"), r"case=worked by hand.*eps is missing"),
+    (switched(_grpo, "grpo_over_the_batch", how="whole_batch"), r"over the whole batch"),
+    (switched(_grpo, "grpo_no_std", how="no_scaling"), r"not divided by the group's std"),
+    (switched(_grpo, "grpo_eps_in_sqrt", how="eps_in_sqrt"), r"advantages .*eps is inside the square root"),
+    (switched(_grpo, "grpo_divides_by_variance", how="variance"), r"divides by the variance"),
+    (switched(_grpo, "grpo_without_eps", how="no_eps"), r"case=worked by hand.*eps is missing"),
 )
 
 
@@ -721,13 +713,13 @@ def test_check_train_policy_rejects(wrong, match, one_thread):
 
 def test_planted_helpers_are_right_when_not_broken(one_thread):
     """Each planted mistake differs from a correct implementation only in its one mistake."""
-    checks.check_bradley_terry(_named(_bt, "bt", how=None))
-    checks.check_gae(_named(_gae, "gae", how=None))
-    checks.check_ppo_policy_loss(_named(_ppo, "ppo", how=None))
-    checks.check_ppo_value_loss(_named(_value, "value", how=None))
-    checks.check_kl_estimators(_named(_kl, "kl", how=None))
-    checks.check_dpo_loss(_named(_dpo, "dpo", how=None))
-    checks.check_grpo_advantages(_named(_grpo, "grpo", how=None))
+    checks.check_bradley_terry(switched(_bt, "bt", how=None))
+    checks.check_gae(switched(_gae, "gae", how=None))
+    checks.check_ppo_policy_loss(switched(_ppo, "ppo", how=None))
+    checks.check_ppo_value_loss(switched(_value, "value", how=None))
+    checks.check_kl_estimators(switched(_kl, "kl", how=None))
+    checks.check_dpo_loss(switched(_dpo, "dpo", how=None))
+    checks.check_grpo_advantages(switched(_grpo, "grpo", how=None))
 
 
 # ----------------------------------------------------------------- the guard

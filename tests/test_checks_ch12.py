@@ -23,7 +23,7 @@ from autograder.checks import _ch12_references as ref
 from autograder.checks import ch12_quantization as checks
 from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, static_violations
-from tests.notebook_kernel import assert_checks_hold, kernel, planted, solution_of
+from tests.notebook_kernel import assert_checks_hold, kernel, planted, solution_of, switched
 
 ASSIGNMENT = "ch12_quantization"
 # The mistake the nbgrader round trip plants: dequantize subtracts the zero point in the codes' own 8-bit
@@ -360,14 +360,6 @@ def test_check_accepts_correct_variants(check, fn, one_thread):
 
 # ----------------------------------------------------------------- planted mistakes
 
-def _named(fn, name, **switch):
-    def wrong(*args, **kwargs):
-        return fn(*args, **kwargs, **switch)
-
-    wrong.__name__ = name
-    return wrong
-
-
 def _absmax(x, scale=None, *, how):
     if scale is None:
         m = x.max() if how == "max_not_abs" else x.abs().max()
@@ -390,14 +382,14 @@ def _absmax_float_codes(x, scale=None):
 
 
 ABSMAX_MISTAKES = planted(
-    (_named(_absmax, "absmax_div128", how="div128"), r"scale for case=N\(0, 1\).*divide by 127"),
-    (_named(_absmax, "absmax_max_not_abs", how="max_not_abs"), r"scale .*the largest magnitude may be negative"),
-    (_named(_absmax, "absmax_trunc", how="trunc"), r"q \(vs torch\.quantize_per_tensor, qint8\) for case=N\(0, 1\).*"
+    (switched(_absmax, "absmax_div128", how="div128"), r"scale for case=N\(0, 1\).*divide by 127"),
+    (switched(_absmax, "absmax_max_not_abs", how="max_not_abs"), r"scale .*the largest magnitude may be negative"),
+    (switched(_absmax, "absmax_trunc", how="trunc"), r"q \(vs torch\.quantize_per_tensor, qint8\) for case=N\(0, 1\).*"
                                                     r"rounded toward zero"),
-    (_named(_absmax, "absmax_half_away", how="half_away"), r"case=exact ties.*values differ.*round half to even"),
-    (_named(_absmax, "absmax_wraps", how="wrap"), r"case=a calibrated scale.*wrap around"),
-    (_named(_absmax, "absmax_clamp127", how="clamp127"), r"case=a calibrated scale.*clamped to \[-127, 127\]"),
-    (_named(_absmax, "absmax_zero_nan", how="zero_nan"), r"case=all zeros.*use the scale 1\.0 there"),
+    (switched(_absmax, "absmax_half_away", how="half_away"), r"case=exact ties.*values differ.*round half to even"),
+    (switched(_absmax, "absmax_wraps", how="wrap"), r"case=a calibrated scale.*wrap around"),
+    (switched(_absmax, "absmax_clamp127", how="clamp127"), r"case=a calibrated scale.*clamped to \[-127, 127\]"),
+    (switched(_absmax, "absmax_zero_nan", how="zero_nan"), r"case=all zeros.*use the scale 1\.0 there"),
     (_absmax_float_codes, r"expected an integer tensor"),
 )
 
@@ -421,14 +413,14 @@ def _zp(x, dtype="uint8", *, how):
 
 
 ZEROPOINT_MISTAKES = planted(
-    (_named(_zp, "zp_range_without_zero", how="no_zero"), r"case=all positive.*extend it to contain 0"),
-    (_named(_zp, "zp_not_rounded", how="zp_float"), r"zero_point for case=N\(0, 1\).*not an integer.*must be an "
+    (switched(_zp, "zp_range_without_zero", how="no_zero"), r"case=all positive.*extend it to contain 0"),
+    (switched(_zp, "zp_not_rounded", how="zp_float"), r"zero_point for case=N\(0, 1\).*not an integer.*must be an "
                                                      r"integer"),
-    (_named(_zp, "zp_rounds_before_adding", how="round_then_add"), r"case=exact ties.*torch rounds after adding the "
+    (switched(_zp, "zp_rounds_before_adding", how="round_then_add"), r"case=exact ties.*torch rounds after adding the "
                                                                    r"zero point"),
-    (_named(_zp, "zp_div256", how="div256"), r"scale \(vs MinMaxObserver\).*divide by qmax - qmin = 255"),
-    (_named(_zp, "zp_uint8_range_always", how="uint8_range"), r"dtype=int8.*the int8 range is \[-128, 127\]"),
-    (_named(_zp, "zp_trunc", how="trunc"), r"q \(vs torch\.quantize_per_tensor.*values differ"),
+    (switched(_zp, "zp_div256", how="div256"), r"scale \(vs MinMaxObserver\).*divide by qmax - qmin = 255"),
+    (switched(_zp, "zp_uint8_range_always", how="uint8_range"), r"dtype=int8.*the int8 range is \[-128, 127\]"),
+    (switched(_zp, "zp_trunc", how="trunc"), r"q \(vs torch\.quantize_per_tensor.*values differ"),
 )
 
 
@@ -470,11 +462,11 @@ def _pc(w, bits=4, *, how):
 
 
 PER_CHANNEL_MISTAKES = planted(
-    (_named(_pc, "pc_wrong_axis", how="axis1"), r"scales \(one per output channel, a row of w\) for case=N\(0, 0\.02\)"
+    (switched(_pc, "pc_wrong_axis", how="axis1"), r"scales \(one per output channel, a row of w\) for case=N\(0, 0\.02\)"
                                                 r".*shape \(32,\) but expected \(16,\)"),
-    (_named(_pc, "pc_per_tensor", how="per_tensor"), r"scales .*one scale for the whole tensor"),
-    (_named(_pc, "pc_div8", how="div8"), r"scales .*divide by 2\^\(bits-1\) - 1"),
-    (_named(_pc, "pc_trunc", how="trunc"), r"q \(vs torch\.quantize_per_channel, axis 0\).*rounded toward zero"),
+    (switched(_pc, "pc_per_tensor", how="per_tensor"), r"scales .*one scale for the whole tensor"),
+    (switched(_pc, "pc_div8", how="div8"), r"scales .*divide by 2\^\(bits-1\) - 1"),
+    (switched(_pc, "pc_trunc", how="trunc"), r"q \(vs torch\.quantize_per_channel, axis 0\).*rounded toward zero"),
 )
 
 
@@ -505,11 +497,11 @@ def gw_no_value_error(w, group_size, bits=4):
 
 
 GROUPWISE_MISTAKES = planted(
-    (_named(_gw, "gw_down_columns", how="columns"), r"(cannot reshape array .* for case=N\(0, 0\.02\), "
+    (switched(_gw, "gw_down_columns", how="columns"), r"(cannot reshape array .* for case=N\(0, 0\.02\), "
                                                     r"shape=\(8, 64\)|scales .*but expected \(8, 4\))"),
-    (_named(_gw, "gw_column_major", how="flat_columns"), r"scales .*max \|got-want\|.*column-major order"),
-    (_named(_gw, "gw_ignores_group_size", how="per_row"), r"scales .*shape \(8, 1\) but expected \(8, 4\)"),
-    (_named(_gw, "gw_div8", how="div8"), r"scales .*divide by 2\^\(bits-1\) - 1"),
+    (switched(_gw, "gw_column_major", how="flat_columns"), r"scales .*max \|got-want\|.*column-major order"),
+    (switched(_gw, "gw_ignores_group_size", how="per_row"), r"scales .*shape \(8, 1\) but expected \(8, 4\)"),
+    (switched(_gw, "gw_div8", how="div8"), r"scales .*divide by 2\^\(bits-1\) - 1"),
     (gw_no_value_error, r"scales .*max \|got-want\|"),
 )
 
@@ -543,13 +535,13 @@ def nf4_packed_low_nibble_first(x, blocksize=64):
 
 
 NF4_MISTAKES = planted(
-    (_named(_nf4, "nf4_uniform_grid", how="uniform"), r"codes \(vs bitsandbytes quantize_4bit, nf4\) for case=N\(0, 1\)"
+    (switched(_nf4, "nf4_uniform_grid", how="uniform"), r"codes \(vs bitsandbytes quantize_4bit, nf4\) for case=N\(0, 1\)"
                                                        r".*uniform grid"),
-    (_named(_nf4, "nf4_one_absmax", how="global_absmax"), r"absmax \(one per block, vs bitsandbytes\).*one absmax "
+    (switched(_nf4, "nf4_one_absmax", how="global_absmax"), r"absmax \(one per block, vs bitsandbytes\).*one absmax "
                                                            r"for the whole tensor"),
-    (_named(_nf4, "nf4_column_order", how="columns"), r"case=N\(0, 1\), shape=\(4, 64\).*column order"),
-    (_named(_nf4, "nf4_floor", how="floor"), r"codes .*the largest NF4 value below it"),
-    (_named(_nf4, "nf4_not_normalised", how="unnormalised"), r"codes .*not divided by their block's absmax"),
+    (switched(_nf4, "nf4_column_order", how="columns"), r"case=N\(0, 1\), shape=\(4, 64\).*column order"),
+    (switched(_nf4, "nf4_floor", how="floor"), r"codes .*the largest NF4 value below it"),
+    (switched(_nf4, "nf4_not_normalised", how="unnormalised"), r"codes .*not divided by their block's absmax"),
     (nf4_packed_low_nibble_first, r"codes .*shape \(32,\) but expected \(64,\)"),
 )
 
@@ -575,16 +567,16 @@ NF4_DEQUANTIZE_MISTAKES = planted(
 
 
 MODEL_MISTAKES = planted(
-    (_named(_qmodel, "qm_truncates", how="trunc"), r"held out from you the perplexity rose from .* \(\+\d\.\d\d %\), "
+    (switched(_qmodel, "qm_truncates", how="trunc"), r"held out from you the perplexity rose from .* \(\+\d\.\d\d %\), "
                                                     r"more than \+1 %"),
-    (_named(_qmodel, "qm_three_bits", how="three_bits"), r"more than \+1 %"),
-    (_named(_qmodel, "qm_groups_down_columns", how="columns"), r"quantized\['h\.0\.attn\.c_attn'\].*expected \(384, "
+    (switched(_qmodel, "qm_three_bits", how="three_bits"), r"more than \+1 %"),
+    (switched(_qmodel, "qm_groups_down_columns", how="columns"), r"quantized\['h\.0\.attn\.c_attn'\].*expected \(384, "
                                                                r"128\) and \(384, 2\)"),
-    (_named(_qmodel, "qm_int8_storage", how="int8_storage"), r"report\['bytes'\].*got 1977344, expected 1584128"),
-    (_named(_qmodel, "qm_tied_weight_twice", how="state_dict"), r"report\['bytes'\].*expected 1584128.*counted once"),
-    (_named(_qmodel, "qm_reports_the_unquantised_model", how="forgot_to_apply"), r"report\['perplexity'\] \(the "
+    (switched(_qmodel, "qm_int8_storage", how="int8_storage"), r"report\['bytes'\].*got 1977344, expected 1584128"),
+    (switched(_qmodel, "qm_tied_weight_twice", how="state_dict"), r"report\['bytes'\].*expected 1584128.*counted once"),
+    (switched(_qmodel, "qm_reports_the_unquantised_model", how="forgot_to_apply"), r"report\['perplexity'\] \(the "
                                                                                   r"grader's, on the same tokens\)"),
-    (_named(_qmodel, "qm_quantises_in_place", how="in_place"), r"report\['base_perplexity'\]"),
+    (switched(_qmodel, "qm_quantises_in_place", how="in_place"), r"report\['base_perplexity'\]"),
 )
 
 MISTAKES = {"check_absmax_quantize": ABSMAX_MISTAKES, "check_zeropoint_quantize": ZEROPOINT_MISTAKES,
@@ -602,11 +594,11 @@ def test_check_rejects_planted_mistake(check, wrong, match, one_thread):
 
 def test_planted_helpers_are_right_when_not_broken(one_thread):
     """Each planted mistake differs from a correct implementation only in its one mistake."""
-    checks.check_absmax_quantize(_named(_absmax, "absmax", how=None))
-    checks.check_zeropoint_quantize(_named(_zp, "zp", how=None))
-    checks.check_per_channel_quantize(_named(_pc, "pc", how=None))
-    checks.check_groupwise_quantize(_named(_gw, "gw", how=None))
-    checks.check_nf4_quantize(_named(_nf4, "nf4", how="none"))
+    checks.check_absmax_quantize(switched(_absmax, "absmax", how=None))
+    checks.check_zeropoint_quantize(switched(_zp, "zp", how=None))
+    checks.check_per_channel_quantize(switched(_pc, "pc", how=None))
+    checks.check_groupwise_quantize(switched(_gw, "gw", how=None))
+    checks.check_nf4_quantize(switched(_nf4, "nf4", how="none"))
 
 
 def test_every_hint_mistake_changes_some_case():

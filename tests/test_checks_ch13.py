@@ -26,7 +26,7 @@ from autograder.checks import _ch13_references as ref
 from autograder.checks import ch13_using_llms as checks
 from autograder.compare import CheckFailed
 from autograder.guard import ForbiddenCall, static_violations
-from tests.notebook_kernel import assert_checks_hold, kernel, planted, solution_of
+from tests.notebook_kernel import assert_checks_hold, kernel, planted, solution_of, switched
 
 ASSIGNMENT = "ch13_using_llms"
 # The mistake the nbgrader round trip plants: F1 over sets of tokens instead of multisets.
@@ -54,14 +54,6 @@ RAG_HEADER = ref.RAG_HEADER
 
 def check_of(task):
     return getattr(checks, task.check)
-
-
-def _named(fn, name, **switch):
-    def wrong(*args, **kwargs):
-        return fn(*args, **kwargs, **switch)
-
-    wrong.__name__ = name
-    return wrong
 
 
 # ----------------------------------------------------------------- the notebook and the references
@@ -413,16 +405,16 @@ def _topk(queries, keys, k, *, how):
 
 
 TOPK_MISTAKES = planted(
-    (_named(_topk, "topk_dot_product", how="dot"), r"indices .*case=norms 0.01 to 100.* - this ranks by the dot "
+    (switched(_topk, "topk_dot_product", how="dot"), r"indices .*case=norms 0.01 to 100.* - this ranks by the dot "
                                                    r"product: divide queries and keys by their norms"),
-    (_named(_topk, "topk_ascending", how="ascending"), r"- this is the k least similar keys"),
-    (_named(_topk, "topk_best_in_ascending_order", how="best_ascending"), r"the right k keys, in the wrong order"),
-    (_named(_topk, "topk_k_plus_1", how="k_plus_1"), r"indices for .*k=2.*: shape \(3, 3\) but expected \(3, 2\)"),
-    (_named(_topk, "topk_k_minus_1", how="k_minus_1"), r"shape \(3, 1\) but expected \(3, 2\)"),
-    (_named(_topk, "topk_distances", how="distance"), r"scores \(cosine similarities\).* - these are cosine distances"),
-    (_named(_topk, "topk_only_keys_normalised", how="keys_only"), r"scores .* - only the keys are normalised"),
-    (_named(_topk, "topk_euclidean", how="euclidean"), r"- this ranks by Euclidean distance"),
-    (_named(_topk, "topk_zero_vector_allowed", how="no_zero_check"),
+    (switched(_topk, "topk_ascending", how="ascending"), r"- this is the k least similar keys"),
+    (switched(_topk, "topk_best_in_ascending_order", how="best_ascending"), r"the right k keys, in the wrong order"),
+    (switched(_topk, "topk_k_plus_1", how="k_plus_1"), r"indices for .*k=2.*: shape \(3, 3\) but expected \(3, 2\)"),
+    (switched(_topk, "topk_k_minus_1", how="k_minus_1"), r"shape \(3, 1\) but expected \(3, 2\)"),
+    (switched(_topk, "topk_distances", how="distance"), r"scores \(cosine similarities\).* - these are cosine distances"),
+    (switched(_topk, "topk_only_keys_normalised", how="keys_only"), r"scores .* - only the keys are normalised"),
+    (switched(_topk, "topk_euclidean", how="euclidean"), r"- this ranks by Euclidean distance"),
+    (switched(_topk, "topk_zero_vector_allowed", how="no_zero_check"),
      r"case=keys\[3\] is a zero vector.*expected ValueError \(a zero vector has no direction"),
 )
 
@@ -488,20 +480,20 @@ def rag_sums_part_counts(question, passages, max_tokens, tokenizer):
 
 RAG_MISTAKES = planted(
     (rag_sums_part_counts, r"rag_prompt for case=(exactly m|one short of m \+ 1).*the prompt differs"),
-    (_named(_rag, "rag_counts_characters", how="chars"), r"rag_prompt for case=all fit.* - the budget counts "
+    (switched(_rag, "rag_counts_characters", how="chars"), r"rag_prompt for case=all fit.* - the budget counts "
                                                          r"characters, not tokens"),
-    (_named(_rag, "rag_strict_budget", how="strict"), r"case=exactly m.* - the prompt must have at most max_tokens"),
-    (_named(_rag, "rag_drops_best_passages", how="drop_best"), r"- the passages dropped are the best-ranked ones"),
-    (_named(_rag, "rag_numbers_from_zero", how="zero_based"), r"differs from character \d+ on.* - the passages are "
+    (switched(_rag, "rag_strict_budget", how="strict"), r"case=exactly m.* - the prompt must have at most max_tokens"),
+    (switched(_rag, "rag_drops_best_passages", how="drop_best"), r"- the passages dropped are the best-ranked ones"),
+    (switched(_rag, "rag_numbers_from_zero", how="zero_based"), r"differs from character \d+ on.* - the passages are "
                                                               r"numbered from 0"),
-    (_named(_rag, "rag_question_first", how="question_first"), r"- the question comes before the passages"),
-    (_named(_rag, "rag_one_newline", how="one_newline"), r"- the parts are joined with one newline"),
-    (_named(_rag, "rag_ignores_budget", how="keep_all"), r"case=exactly m.* - every passage is kept and the budget "
+    (switched(_rag, "rag_question_first", how="question_first"), r"- the question comes before the passages"),
+    (switched(_rag, "rag_one_newline", how="one_newline"), r"- the parts are joined with one newline"),
+    (switched(_rag, "rag_ignores_budget", how="keep_all"), r"case=exactly m.* - every passage is kept and the budget "
                                                          r"ignored"),
-    (_named(_rag, "rag_cuts_the_question", how="cut_question"), r"rag_prompt for case=exactly m.*the prompt differs"),
-    (_named(_rag, "rag_cuts_the_last_passage", how="cut_last_passage"), r"case=one short of m \+ 1.*the prompt differs"),
-    (_named(_rag, "rag_strips_texts", how="strip"), r"case=exactly m.*seed=3: the prompt differs"),
-    (_named(_rag, "rag_no_error_when_nothing_fits", how="no_error"),
+    (switched(_rag, "rag_cuts_the_question", how="cut_question"), r"rag_prompt for case=exactly m.*the prompt differs"),
+    (switched(_rag, "rag_cuts_the_last_passage", how="cut_last_passage"), r"case=one short of m \+ 1.*the prompt differs"),
+    (switched(_rag, "rag_strips_texts", how="strip"), r"case=exactly m.*seed=3: the prompt differs"),
+    (switched(_rag, "rag_no_error_when_nothing_fits", how="no_error"),
      r"case=even the header and question do not fit.*expected ValueError \(never cut the question.*returned a str"),
 )
 
@@ -535,15 +527,15 @@ def _few_wrong(instruction, demonstrations, query, max_tokens, tokenizer, *, how
 
 
 FEW_MISTAKES = planted(
-    (_named(_few_wrong, "few_drops_from_the_end", how="drop_last"), r"few_shot_prompt for case=exactly m.* - the "
+    (switched(_few_wrong, "few_drops_from_the_end", how="drop_last"), r"few_shot_prompt for case=exactly m.* - the "
                                                                     r"demonstrations dropped are the last ones"),
-    (_named(_few_wrong, "few_counts_characters", how="chars"), r"- the budget counts characters, not tokens"),
-    (_named(_few_wrong, "few_strict_budget", how="strict"), r"- the prompt must have at most max_tokens tokens"),
-    (_named(_few_wrong, "few_trailing_space", how="trailing_space"), r"- the prompt ends with 'Output: ' \(a space\)"),
-    (_named(_few_wrong, "few_one_newline", how="one_newline"), r"- the parts are joined with one newline"),
-    (_named(_few_wrong, "few_qa_labels", how="qa_labels"), r"case=all fit.*the prompt differs from character \d+"),
-    (_named(_few_wrong, "few_ignores_budget", how="keep_all"), r"- every demonstration is kept"),
-    (_named(_few_wrong, "few_no_error", how="no_error"), r"expected ValueError \(the instruction and the query are "
+    (switched(_few_wrong, "few_counts_characters", how="chars"), r"- the budget counts characters, not tokens"),
+    (switched(_few_wrong, "few_strict_budget", how="strict"), r"- the prompt must have at most max_tokens tokens"),
+    (switched(_few_wrong, "few_trailing_space", how="trailing_space"), r"- the prompt ends with 'Output: ' \(a space\)"),
+    (switched(_few_wrong, "few_one_newline", how="one_newline"), r"- the parts are joined with one newline"),
+    (switched(_few_wrong, "few_qa_labels", how="qa_labels"), r"case=all fit.*the prompt differs from character \d+"),
+    (switched(_few_wrong, "few_ignores_budget", how="keep_all"), r"- every demonstration is kept"),
+    (switched(_few_wrong, "few_no_error", how="no_error"), r"expected ValueError \(the instruction and the query are "
                                                         r"never cut\), but your function returned a str"),
 )
 
@@ -588,20 +580,20 @@ def _squad(predictions, references, *, how):
 
 
 SQUAD_MISTAKES = planted(
-    (_named(_squad, "squad_no_normalisation", how="raw"), r"em \(vs torchmetrics' SQuAD\) for case=edge cases, N=15, "
+    (switched(_squad, "squad_no_normalisation", how="raw"), r"em \(vs torchmetrics' SQuAD\) for case=edge cases, N=15, "
                                                           r"first wrong question=0.* - exact match compares the raw"),
-    (_named(_squad, "squad_f1_on_sets", how="sets"), r"f1 .*first wrong question=5, prediction='cat cat dog'.* - F1 is "
+    (switched(_squad, "squad_f1_on_sets", how="sets"), r"f1 .*first wrong question=5, prediction='cat cat dog'.* - F1 is "
                                                      r"computed on sets of tokens"),
-    (_named(_squad, "squad_first_gold_only", how="first_gold"), r"em .*prediction='the cat sat'.* - only the first "
+    (switched(_squad, "squad_first_gold_only", how="first_gold"), r"em .*prediction='the cat sat'.* - only the first "
                                                                 r"gold answer is used"),
-    (_named(_squad, "squad_mean_over_golds", how="mean_gold"), r"em .*prediction='the cat sat'.* - this averages "
+    (switched(_squad, "squad_mean_over_golds", how="mean_gold"), r"em .*prediction='the cat sat'.* - this averages "
                                                               r"over the gold answers"),
-    (_named(_squad, "squad_empty_scores_zero", how="empty_zero"), r"f1 .*first wrong question=2.* - an empty answer"),
-    (_named(_squad, "squad_percent", how="percent"), r"- these are percentages"),
-    (_named(_squad, "squad_keeps_articles", how="keep_articles"), r"em .*case=edge cases.*first wrong question=0"),
-    (_named(_squad, "squad_keeps_punctuation", how="keep_punctuation"), r"em .*first wrong question=0, "
+    (switched(_squad, "squad_empty_scores_zero", how="empty_zero"), r"f1 .*first wrong question=2.* - an empty answer"),
+    (switched(_squad, "squad_percent", how="percent"), r"- these are percentages"),
+    (switched(_squad, "squad_keeps_articles", how="keep_articles"), r"em .*case=edge cases.*first wrong question=0"),
+    (switched(_squad, "squad_keeps_punctuation", how="keep_punctuation"), r"em .*first wrong question=0, "
                                                                         r"prediction='the Cat!'"),
-    (_named(_squad, "squad_articles_before_punctuation", how="articles_first"), r"prediction='a.b c'"),
+    (switched(_squad, "squad_articles_before_punctuation", how="articles_first"), r"prediction='a.b c'"),
 )
 
 
@@ -637,17 +629,17 @@ def _ddpm(x0, t, noise, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02
 
 
 DDPM_MISTAKES = planted(
-    (_named(_ddpm, "ddpm_t_plus_1", how="t_plus_1"), r"alpha_bar_t .*case=defaults, t anywhere.* - alpha_bar_t uses "
+    (switched(_ddpm, "ddpm_t_plus_1", how="t_plus_1"), r"alpha_bar_t .*case=defaults, t anywhere.* - alpha_bar_t uses "
                                                      r"one step too many"),
-    (_named(_ddpm, "ddpm_one_based", how="one_based"), r"alpha_bar_t .* - alpha_bar_t uses one step too few"),
-    (_named(_ddpm, "ddpm_no_sqrt", how="no_sqrt"), r"x_t \(vs the closed form.* - the square roots are missing"),
-    (_named(_ddpm, "ddpm_no_sqrt_on_alpha_bar", how="no_sqrt_signal"), r"x_t .* - the square root on alpha_bar_t is "
+    (switched(_ddpm, "ddpm_one_based", how="one_based"), r"alpha_bar_t .* - alpha_bar_t uses one step too few"),
+    (switched(_ddpm, "ddpm_no_sqrt", how="no_sqrt"), r"x_t \(vs the closed form.* - the square roots are missing"),
+    (switched(_ddpm, "ddpm_no_sqrt_on_alpha_bar", how="no_sqrt_signal"), r"x_t .* - the square root on alpha_bar_t is "
                                                                        r"missing"),
-    (_named(_ddpm, "ddpm_alpha_t_not_cumulative", how="alpha_t"), r"alpha_bar_t .* - this uses alpha_t = 1 - beta_t"),
-    (_named(_ddpm, "ddpm_beta_for_alpha_bar", how="beta"), r"alpha_bar_t .* - this uses beta_t where alpha_bar_t"),
-    (_named(_ddpm, "ddpm_sqrt_beta_noise", how="sqrt_beta_noise"), r"x_t .* - the noise is scaled by sqrt\(beta_t\)"),
-    (_named(_ddpm, "ddpm_T_plus_1_betas", how="T_plus_1"), r"alpha_bar_t .* - the schedule has T \+ 1 betas"),
-    (_named(_ddpm, "ddpm_negative_steps_wrap", how="no_range_check"),
+    (switched(_ddpm, "ddpm_alpha_t_not_cumulative", how="alpha_t"), r"alpha_bar_t .* - this uses alpha_t = 1 - beta_t"),
+    (switched(_ddpm, "ddpm_beta_for_alpha_bar", how="beta"), r"alpha_bar_t .* - this uses beta_t where alpha_bar_t"),
+    (switched(_ddpm, "ddpm_sqrt_beta_noise", how="sqrt_beta_noise"), r"x_t .* - the noise is scaled by sqrt\(beta_t\)"),
+    (switched(_ddpm, "ddpm_T_plus_1_betas", how="T_plus_1"), r"alpha_bar_t .* - the schedule has T \+ 1 betas"),
+    (switched(_ddpm, "ddpm_negative_steps_wrap", how="no_range_check"),
      r"case=a step outside \[0, T\), t\[0\]=50.*expected ValueError|t\[0\]=-1.*expected ValueError"),
 )
 
@@ -660,11 +652,11 @@ def test_check_ddpm_add_noise_rejects(wrong, match):
 
 def test_planted_helpers_are_right_when_not_broken(one_thread):
     """With no mistake switched on, each planted helper passes: the mistakes, not the helpers, fail."""
-    checks.check_cosine_top_k(_named(_topk, "topk", how=None))
-    checks.check_rag_prompt(_named(_rag, "rag", how=None))
-    checks.check_few_shot_prompt(_named(_few_wrong, "few", how=None))
-    checks.check_squad_scores(_named(_squad, "squad", how=None))
-    checks.check_ddpm_add_noise(_named(_ddpm, "ddpm", how=None))
+    checks.check_cosine_top_k(switched(_topk, "topk", how=None))
+    checks.check_rag_prompt(switched(_rag, "rag", how=None))
+    checks.check_few_shot_prompt(switched(_few_wrong, "few", how=None))
+    checks.check_squad_scores(switched(_squad, "squad", how=None))
+    checks.check_ddpm_add_noise(switched(_ddpm, "ddpm", how=None))
 
 
 # ----------------------------------------------------------------- the guard
